@@ -1,0 +1,16 @@
+//! Low-rank adapters on frozen linear layers: LoRA, IPA and DoRA.
+//!
+//! * [`AdapterConfig`]: method, rank, scaling, DoRA, whether the projector trains.
+//! * [`AdaptedLinear`]: the layer math, merge/unmerge, enable/disable.
+//! * [`save_adapter`] / [`load_adapter`]: adapter-only files in safetensors with a JSON config.
+
+mod config;
+mod file;
+mod linear;
+
+pub use config::{AdapterConfig, AdapterMethod, Scaling};
+pub use file::{
+    load_adapter, read_adapter_config, save_adapter, write_atomic, AdapterFileConfig,
+    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
+};
+pub use linear::{AdaptedLinear, AdaptedLinearConfig, LowRankAdapter, ProjectorInit};

@@ -1,0 +1,127 @@
+//! Shared test helpers. The backend under test is ndarray by default; build the tests with
+//! `--features test-wgpu` or `--features test-cuda` to run the same bodies on a GPU.
+#![allow(dead_code)]
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+#[cfg(feature = "test-cuda")]
+pub type TestBackend = burn::backend::Cuda;
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+pub type TestBackend = burn::backend::Wgpu;
+#[cfg(not(any(feature = "test-wgpu", feature = "test-cuda")))]
+pub type TestBackend = burn::backend::NdArray<f32>;
+
+/// f64 CPU backend for checks that need more than f32 precision.
+pub type Exact = burn::backend::NdArray<f64>;
+
+/// Absolute tolerance suited to a backend's float precision.
+pub fn tol<B: Backend>(f32_tol: f64, f64_tol: f64) -> f64 {
+    let probe = Tensor::<B, 1>::zeros([1], &Default::default());
+    match probe.dtype() {
+        burn::tensor::DType::F64 => f64_tol,
+        _ => f32_tol,
+    }
+}
+
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+pub fn vec1(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+pub fn mat(v: &serde_json::Value) -> (Vec<f64>, [usize; 2]) {
+    let rows: Vec<Vec<f64>> = v.as_array().expect("array").iter().map(vec1).collect();
+    let r = rows.len();
+    let c = rows.first().map(|x| x.len()).unwrap_or(0);
+    (rows.into_iter().flatten().collect(), [r, c])
+}
+
+pub fn tensor2<B: Backend>(values: Vec<f64>, shape: [usize; 2]) -> Tensor<B, 2> {
+    let device = Default::default();
+    let dtype = Tensor::<B, 1>::zeros([1], &device).dtype();
+    Tensor::from_data(TensorData::new(values, shape).convert_dtype(dtype), &device)
+}
+
+pub fn tensor1<B: Backend>(values: Vec<f64>) -> Tensor<B, 1> {
+    let device = Default::default();
+    let n = values.len();
+    let dtype = Tensor::<B, 1>::zeros([1], &device).dtype();
+    Tensor::from_data(TensorData::new(values, [n]).convert_dtype(dtype), &device)
+}
+
+pub fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    t.into_data().convert::<f64>().to_vec::<f64>().unwrap()
+}
+
+pub fn transpose(values: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let mut out = vec![0.0; values.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            out[j * rows + i] = values[i * cols + j];
+        }
+    }
+    out
+}
+
+#[track_caller]
+pub fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+        .fold(0.0, f64::max);
+    assert!(
+        worst <= tol,
+        "{what}: max relative error {worst:e} > {tol:e}"
+    );
+}
+
+/// Sine of the largest principal angle between the row spaces of two `[r, d]` matrices with
+/// orthonormal rows: `‖(I − BᵀB) Aᵀ‖₂`, computed as the largest residual norm.
+pub fn max_principal_sine(a: &[f64], b: &[f64], r: usize, d: usize) -> f64 {
+    // Residual of each A row after projecting on B's rows, then the 2-norm of the residual
+    // matrix bounded via its Gram matrix's largest eigenvalue (power iteration in f64).
+    let mut resid = vec![0.0; r * d];
+    for i in 0..r {
+        let ai = &a[i * d..(i + 1) * d];
+        let mut res = ai.to_vec();
+        for k in 0..r {
+            let bk = &b[k * d..(k + 1) * d];
+            let c: f64 = ai.iter().zip(bk).map(|(x, y)| x * y).sum();
+            for j in 0..d {
+                res[j] -= c * bk[j];
+            }
+        }
+        resid[i * d..(i + 1) * d].copy_from_slice(&res);
+    }
+    let mut gram = vec![0.0; r * r];
+    for i in 0..r {
+        for k in 0..r {
+            gram[i * r + k] = (0..d).map(|j| resid[i * d + j] * resid[k * d + j]).sum();
+        }
+    }
+    let mut v = vec![1.0; r];
+    let mut lambda = 0.0;
+    for _ in 0..200 {
+        let w: Vec<f64> = (0..r)
+            .map(|i| (0..r).map(|k| gram[i * r + k] * v[k]).sum())
+            .collect();
+        let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            return 0.0;
+        }
+        lambda = norm;
+        v = w.iter().map(|x| x / norm).collect();
+    }
+    lambda.sqrt()
+}
