@@ -25,7 +25,7 @@ pub struct GhaConfig {
 impl Default for GhaConfig {
     fn default() -> Self {
         Self {
-            lr: 0.5,
+            lr: 1.0,
             reorthonormalize: true,
         }
     }

@@ -219,7 +219,11 @@ fn subspace_body<B: Backend>(f32_tol: f64) {
         ),
     ];
     for (name, mut fit, tolerance) in cases {
-        fit_batches(fit.as_mut(), &data, 100);
+        // GHA is a stochastic approximation: it needs several passes where the others need one.
+        let passes = if name == "gha" { 4 } else { 1 };
+        for _ in 0..passes {
+            fit_batches(fit.as_mut(), &data, 100);
+        }
         let fitted = fit.finish().unwrap();
         let sine = max_principal_sine(&host(fitted.components.clone()), &reference, r, d);
         assert!(
@@ -227,7 +231,7 @@ fn subspace_body<B: Backend>(f32_tol: f64) {
             "{name}: largest principal angle sine {sine:e} ≥ {tolerance:e}"
         );
         assert_orthonormal(&fitted, 1e-4);
-        assert_eq!(fitted.n_samples, n);
+        assert_eq!(fitted.n_samples, n * passes);
     }
 }
 
@@ -276,7 +280,10 @@ fn fitted_projectors_reconstruct_better_than_random() {
             .unwrap()
             .build::<B>(d, r, 1, &device)
             .unwrap();
-        fit_batches(fit.as_mut(), &data, 200);
+        let passes = if name == "gha" { 8 } else { 1 };
+        for _ in 0..passes {
+            fit_batches(fit.as_mut(), &data, 200);
+        }
         let error = reconstruction_error(&data, fit.finish().unwrap().components);
         assert!(
             error < 0.2 * random_error,
