@@ -97,7 +97,9 @@ pub fn run_on<J: BackendJob>(kind: BackendKind, device_index: usize, job: J) -> 
             #[cfg(feature = "cuda")]
             {
                 configure_cuda_autotune();
-                let device = burn::backend::cuda::CudaDevice::new(device_index);
+                let device = burn::backend::cuda::CudaDevice {
+                    index: device_index,
+                };
                 return job.run::<burn::backend::Cuda>(device, "cuda");
             }
             #[allow(unreachable_code)]

@@ -70,12 +70,13 @@ pub fn randomized_svd<B: Backend>(
     let device = m.device();
     let [rows, d] = m.shape().dims();
     let q = q.min(d).min(rows.max(1));
-    let mt = m.clone().transpose();
+    // Mᵀ·L is computed as (Lᵀ·M)ᵀ: a transposed tall left operand is slow on some backends.
+    let left_times = |left: Tensor<B, 2>| left.transpose().matmul(m.clone()).transpose();
     let omega = gaussian::<B>(rows, q, seed, &device);
-    let mut basis = orthonormalize_columns(mt.clone().matmul(omega))?; // [d, q]
+    let mut basis = orthonormalize_columns(left_times(omega))?; // [d, q]
     for _ in 0..niter {
         let left = orthonormalize_columns(m.clone().matmul(basis))?; // [rows, q]
-        basis = orthonormalize_columns(mt.clone().matmul(left))?; // [d, q]
+        basis = orthonormalize_columns(left_times(left))?; // [d, q]
     }
     let sketch = host::download(m.matmul(basis.clone())); // [rows, q]
     let (_u, s, w) = host::thin_svd(&sketch)?; // sketch = U S Wᵀ

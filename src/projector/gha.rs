@@ -82,7 +82,9 @@ impl<B: Backend> Gha<B> {
         let mut v = gaussian::<B>(self.d, 1, 7, &self.device);
         let mut lambda = 0.0;
         for _ in 0..20 {
-            let w = xc.clone().transpose().matmul(xc.clone().matmul(v.clone())) / n as f64;
+            // (uᵀ·X)ᵀ rather than Xᵀ·u: a transposed tall left operand is slow on some backends.
+            let u = xc.clone().matmul(v.clone());
+            let w = u.transpose().matmul(xc.clone()).transpose() / n as f64;
             let norm = host::download_vec(w.clone().square().sum())[0].sqrt();
             if norm == 0.0 {
                 return 0.0;

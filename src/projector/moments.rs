@@ -4,7 +4,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use super::host;
+use super::{column_sums, host};
 
 /// Per-feature count, mean and sum of squared deviations of all rows seen.
 #[derive(Clone, Debug, Default)]
@@ -33,9 +33,9 @@ impl<B: Backend> BatchMoments<B> {
     /// Computes the batch mean, centered rows and squared deviations of `x` (`[n, d]`).
     pub fn of(x: Tensor<B, 2>) -> Self {
         let [n, _] = x.shape().dims();
-        let mean = x.clone().mean_dim(0);
+        let mean = column_sums(x.clone()) / n as f64;
         let centered = x - mean.clone();
-        let m2 = centered.clone().square().sum_dim(0);
+        let m2 = column_sums(centered.clone().square());
         Self {
             n,
             mean_host: host::download_vec(mean.clone()),
