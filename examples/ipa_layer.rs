@@ -67,6 +67,12 @@ fn main() -> burn_ipa::Result<()> {
         layer.trainable_params(),
         AdapterConfig::lora(rank).trainable_params(d_in, d_out)
     );
+    // Stand in for training: give B some values, then check merging changes nothing.
+    let mut layer = layer;
+    if let Some(adapter) = layer.adapter.as_mut() {
+        let up = Tensor::<B, 2>::random([rank, d_out], Distribution::Normal(0.0, 0.1), &dev);
+        adapter.up = burn::module::Param::from_tensor(up);
+    }
     let mut merged = layer.clone();
     merged.merge()?;
     let x = inputs.slice([0..4]);

@@ -19,6 +19,7 @@ pub mod adapter;
 pub mod backend;
 pub mod bench;
 pub mod error;
+pub mod models;
 pub mod projector;
 
 pub use error::{Error, Result};

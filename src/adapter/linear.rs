@@ -56,6 +56,16 @@ impl AdaptedLinearConfig {
         };
         AdaptedLinear::new(base)
     }
+
+    /// A frozen base layer whose weights are drawn only if read before being loaded: for
+    /// models built from a config and then filled from a checkpoint.
+    pub fn init_lazy<B: Backend>(&self, device: &B::Device) -> AdaptedLinear<B> {
+        AdaptedLinear::new(
+            LinearConfig::new(self.d_input, self.d_output)
+                .with_bias(self.bias)
+                .init(device),
+        )
+    }
 }
 
 /// How a new adapter's projector `P` is initialised.

@@ -1,0 +1,13 @@
+//! Transformer models loaded from Hugging Face checkpoints, with an [`AdaptedLinear`] for every
+//! linear layer.
+//!
+//! [`AdaptedLinear`]: crate::adapter::AdaptedLinear
+
+pub mod config;
+pub mod llama;
+pub mod loading;
+pub mod norm;
+pub mod rope;
+
+pub use config::{DecoderConfig, DecoderFamily, LayerKind, RopeConfig, RopeScaling};
+pub use llama::{Decoder, ForwardOptions, KvCache, Site, SiteKind};

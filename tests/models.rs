@@ -1,0 +1,165 @@
+//! Decoder parity with HF transformers on tiny random checkpoints (made by
+//! `tests/fixtures/make_model_fixtures.py`).
+
+mod common;
+
+use std::path::PathBuf;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use burn_ipa::models::loading::{decoder_remapper, load_decoder, load_weights};
+use burn_ipa::models::{Decoder, DecoderConfig, ForwardOptions, Site, SiteKind};
+use common::*;
+
+type B = TestBackend;
+
+fn model_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+fn ids_and_mask(expected: &serde_json::Value) -> (Tensor<B, 2, Int>, Vec<bool>, [usize; 2]) {
+    let rows: Vec<Vec<i64>> = expected["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect()
+        })
+        .collect();
+    let (b, s) = (rows.len(), rows[0].len());
+    let mask: Vec<bool> = expected["attention_mask"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap() != 0)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let ids = Tensor::from_data(TensorData::new(rows.concat(), [b, s]), &Default::default());
+    (ids, mask, [b, s])
+}
+
+/// Logits at the real (unpadded) positions only: HF's values at padded queries are arbitrary.
+fn compare_logits(
+    got: Tensor<B, 3>,
+    want: &serde_json::Value,
+    mask: &[bool],
+    tol: f64,
+    what: &str,
+) {
+    let [b, s, v] = got.shape().dims();
+    let got = host(got);
+    let want: Vec<f64> = want
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().flat_map(|pos| vec1(pos)))
+        .collect();
+    assert_eq!(got.len(), want.len(), "{what}: size");
+    let mut checked = 0;
+    for i in 0..b * s {
+        if mask[i] {
+            assert_close(
+                &got[i * v..(i + 1) * v],
+                &want[i * v..(i + 1) * v],
+                tol,
+                &format!("{what}: position {i}"),
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+}
+
+fn parity(name: &str) {
+    let dir = model_dir(name);
+    let expected = fixture(&format!("models/{name}/expected.json"));
+    let device = Default::default();
+    let model = load_decoder::<B>(&dir, &device).unwrap();
+    let (ids, mask, _) = ids_and_mask(&expected);
+    let options = ForwardOptions {
+        attention_mask: Some(mask.clone()),
+        position_ids: None,
+    };
+    let logits = model.forward(ids.clone(), &options).unwrap();
+    compare_logits(logits, &expected["logits"], &mask, 1e-4, name);
+
+    if expected.get("logits_bf16").is_some() {
+        let config = DecoderConfig::from_file(&dir.join("config.json")).unwrap();
+        let mut bf16 = Decoder::<B>::init(&config, &device);
+        load_weights(
+            &mut bf16,
+            &[dir.join("model_bf16.safetensors")],
+            decoder_remapper(),
+            burn::tensor::DType::F32,
+        )
+        .unwrap();
+        let logits = bf16.forward(ids.clone(), &options).unwrap();
+        compare_logits(
+            logits,
+            &expected["logits_bf16"],
+            &mask,
+            1e-4,
+            &format!("{name} (bf16 weights)"),
+        );
+    }
+
+    if expected.get("tap_attn_input_l0").is_some() {
+        let mut taps = std::collections::BTreeMap::new();
+        model
+            .forward_tap(
+                ids,
+                &options,
+                &mut |site: Site, rows: Tensor<B, 2>, _keep: &[bool]| {
+                    if site.layer == 0 {
+                        taps.insert(site.kind, host(rows));
+                    }
+                },
+            )
+            .unwrap();
+        for (kind, key) in [
+            (SiteKind::Attention, "tap_attn_input_l0"),
+            (SiteKind::Mlp, "tap_mlp_input_l0"),
+            (SiteKind::MlpDown, "tap_down_input_l0"),
+        ] {
+            let (want, [s, _]) = mat(&expected[key]);
+            let got = &taps[&kind][..want.len()];
+            assert_eq!(s, 7);
+            assert_close(got, &want, 1e-4, &format!("{name}: {key}"));
+        }
+    }
+}
+
+#[test]
+fn llama2_matches_transformers() {
+    parity("llama2");
+}
+
+#[test]
+fn llama3_matches_transformers() {
+    parity("llama3");
+}
+
+#[test]
+fn qwen2_matches_transformers() {
+    parity("qwen2");
+}
+
+#[test]
+fn gemma3_matches_transformers() {
+    parity("gemma3");
+}
+
+#[test]
+fn gemma3_multimodal_checkpoint_loads_its_language_model() {
+    parity("gemma3_mm");
+}
