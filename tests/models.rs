@@ -163,3 +163,56 @@ fn gemma3_matches_transformers() {
 fn gemma3_multimodal_checkpoint_loads_its_language_model() {
     parity("gemma3_mm");
 }
+
+fn generation(name: &str) {
+    use burn_ipa::models::generate::{generate, GenerationConfig};
+    let expected = fixture(&format!("models/{name}/expected.json"));
+    let model = load_decoder::<B>(&model_dir(name), &Default::default()).unwrap();
+    let prompt: Vec<u32> = expected["input_ids"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let as_ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+
+    let greedy = GenerationConfig::greedy(&model, 8);
+    let out = generate(&model, &[prompt.clone()], &greedy).unwrap();
+    assert_eq!(
+        out[0],
+        as_ids(&expected["greedy"])[prompt.len()..].to_vec(),
+        "{name}: greedy"
+    );
+
+    // The same prompt left-padded in a batch beside a longer one decodes the same tokens.
+    let longer: Vec<u32> = prompt
+        .iter()
+        .chain(prompt.iter().take(3))
+        .copied()
+        .collect();
+    let batched = generate(&model, &[longer, prompt.clone()], &greedy).unwrap();
+    assert_eq!(batched[1], out[0], "{name}: greedy in a left-padded batch");
+
+    let beams = greedy.clone().with_beams(3);
+    let mut beam_config = beams;
+    beam_config.max_new_tokens = 6;
+    let out = generate(&model, &[prompt.clone()], &beam_config).unwrap();
+    assert_eq!(
+        out[0],
+        as_ids(&expected["greedy_beam"])[prompt.len()..].to_vec(),
+        "{name}: beam search"
+    );
+}
+
+#[test]
+fn generation_matches_transformers() {
+    for name in ["llama2", "llama3", "qwen2", "gemma3"] {
+        generation(name);
+    }
+}

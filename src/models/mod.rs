@@ -4,6 +4,7 @@
 //! [`AdaptedLinear`]: crate::adapter::AdaptedLinear
 
 pub mod config;
+pub mod generate;
 pub mod llama;
 pub mod loading;
 pub mod norm;
