@@ -32,6 +32,30 @@ struct BackendArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Count the trainable adapter parameters of a model from its config.json alone.
+    ///
+    /// Prints LoRA/IPA with the projector frozen (✗) and trained (✓), plain and with DoRA.
+    /// LoRA and IPA have the same shapes; only how P is obtained differs.
+    Params {
+        /// A preset (llama-2-7b, llama-3-8b, qwen-2.5-7b, gemma-3-4b,
+        /// siglip-2-base-patch16-224) or a model directory / config.json path.
+        #[arg(long)]
+        model: String,
+        /// Adapter rank r.
+        #[arg(long, default_value_t = 32)]
+        rank: usize,
+        /// Target module names (comma-separated HF names).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "q_proj,k_proj,v_proj,up_proj,down_proj"
+        )]
+        targets: Vec<String>,
+        /// Towers to adapt (comma-separated): text, vision. Default: text for decoders, vision
+        /// for SigLIP; multimodal Gemma-3 prints both text-only and text+vision.
+        #[arg(long, value_delimiter = ',')]
+        towers: Option<Vec<String>>,
+    },
     /// Measure speed: `ipa bench fit` times the projector-fit algorithms.
     Bench {
         #[command(subcommand)]
@@ -86,6 +110,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> burn_ipa::Result<()> {
     match cli.command {
+        Command::Params {
+            model,
+            rank,
+            targets,
+            towers,
+        } => params(&model, rank, &targets, towers),
         Command::Bench {
             what:
                 BenchCommand::Fit {
@@ -141,4 +171,62 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
             Ok(())
         }
     }
+}
+
+fn params(
+    model: &str,
+    rank: usize,
+    targets: &[String],
+    towers: Option<Vec<String>>,
+) -> burn_ipa::Result<()> {
+    use burn_ipa::adapter::AdapterConfig;
+    use burn_ipa::models::params::{count_trainable, model_linears, read_model_config, Tower};
+    let (value, file) = read_model_config(model)?;
+    let linears = model_linears(&value, &file)?;
+    let model_type = value
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let tower_sets: Vec<Vec<Tower>> = match towers {
+        Some(names) => vec![names
+            .iter()
+            .map(|n| match n.as_str() {
+                "text" => Ok(Tower::Text),
+                "vision" => Ok(Tower::Vision),
+                other => Err(burn_ipa::Error::Config(format!(
+                    "unknown tower `{other}` (text, vision)"
+                ))),
+            })
+            .collect::<burn_ipa::Result<_>>()?],
+        None if model_type == "siglip" => vec![vec![Tower::Vision]],
+        None if model_type == "gemma3" => vec![vec![Tower::Text], vec![Tower::Text, Tower::Vision]],
+        None => vec![vec![Tower::Text]],
+    };
+    println!("{model}: rank {rank}, targets {}", targets.join(","));
+    println!("| towers | method | Proj FT | trainable | layers |");
+    println!("|---|---|---|---|---|");
+    for towers in &tower_sets {
+        let label = towers
+            .iter()
+            .map(|t| format!("{t:?}").to_lowercase())
+            .collect::<Vec<_>>()
+            .join("+");
+        for dora in [false, true] {
+            for train in [false, true] {
+                let adapter = AdapterConfig::ipa(rank)
+                    .with_train_projector(train)
+                    .with_dora(dora);
+                let c = count_trainable(&linears, targets, towers, &adapter)?;
+                println!(
+                    "| {label} | {} | {} | {:.2}M ({}) | {} |",
+                    if dora { "LoRA/IPA + DoRA" } else { "LoRA/IPA" },
+                    if train { "✓" } else { "✗" },
+                    c.trainable as f64 / 1e6,
+                    c.trainable,
+                    c.layers
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod llama;
 pub mod loading;
 pub mod norm;
+pub mod params;
 pub mod rope;
 
 pub use config::{DecoderConfig, DecoderFamily, LayerKind, RopeConfig, RopeScaling};
