@@ -10,6 +10,7 @@ pub mod loading;
 pub mod norm;
 pub mod params;
 pub mod rope;
+pub mod tokenizer;
 
 pub use config::{DecoderConfig, DecoderFamily, LayerKind, RopeConfig, RopeScaling};
 pub use llama::{Decoder, ForwardOptions, KvCache, Site, SiteKind};
