@@ -13,7 +13,7 @@ use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use super::config::{DecoderConfig, DecoderFamily, LayerKind};
 use super::norm::RmsNorm;
 use super::rope::{apply_rope, inverse_frequencies, rope_tables};
-use crate::adapter::{AdaptedLinear, AdaptedLinearConfig};
+use crate::adapter::{AdaptedLinear, AdaptedLinearConfig, AdapterConfig, ProjectorInit};
 use crate::projector::host::upload_vec;
 use crate::{Error, Result};
 
@@ -602,6 +602,59 @@ impl<B: Backend> Decoder<B> {
             kv.len = past + seq;
         }
         Ok(self.model.norm.forward(h))
+    }
+
+    /// Attaches an adapter to every linear named in `targets` (HF names: `q_proj`, `k_proj`,
+    /// `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`), in all layers or only in
+    /// `layers`. `init` gives each layer's projector from its path. Returns the paths adapted.
+    pub fn attach_adapters(
+        &mut self,
+        targets: &[String],
+        layers: Option<&[usize]>,
+        config: &AdapterConfig,
+        mut init: impl FnMut(&str) -> ProjectorInit<B>,
+    ) -> Result<Vec<String>> {
+        const KNOWN: [&str; 7] = [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ];
+        if let Some(bad) = targets.iter().find(|t| !KNOWN.contains(&t.as_str())) {
+            return Err(Error::Config(format!(
+                "unknown target module `{bad}` (expected one of {KNOWN:?})"
+            )));
+        }
+        if let Some(bad) =
+            layers.and_then(|l| l.iter().find(|&&i| i >= self.config.num_hidden_layers))
+        {
+            return Err(Error::Config(format!(
+                "layer {bad} does not exist (the model has {} layers)",
+                self.config.num_hidden_layers
+            )));
+        }
+        let mut adapted = Vec::new();
+        for (path, linear) in self.linears_mut() {
+            let name = path.rsplit('.').next().unwrap_or_default();
+            let layer = path.split('.').nth(2).and_then(|s| s.parse::<usize>().ok());
+            let in_layers = match (layers, layer) {
+                (Some(list), Some(i)) => list.contains(&i),
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            if in_layers && targets.iter().any(|t| t == name) {
+                let projector = init(&path);
+                *linear = linear
+                    .clone()
+                    .attach(config, projector)
+                    .map_err(|e| Error::Config(format!("{path}: {e}")))?;
+                adapted.push(path);
+            }
+        }
+        Ok(adapted)
     }
 
     /// Every adapted linear with its HF-style path (`model.layers.3.self_attn.q_proj`).

@@ -8,8 +8,8 @@ use std::rc::Rc;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 use burn_store::{
-    KeyRemapper, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
-    SafetensorsStore, TensorSnapshot,
+    KeyRemapper, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
+    TensorSnapshot,
 };
 
 use super::config::DecoderConfig;
@@ -128,16 +128,8 @@ pub fn load_weights<B: Backend, M: ModuleSnapshot<B>>(
             .with_from_adapter(PyTorchToBurnAdapter.chain(CastTo(dtype)))
             .allow_partial(true)
             .validate(false);
-        let keys = store
-            .keys()
-            .map_err(|e| Error::file(file, format!("{e}")))?;
-        let remapped: Vec<String> = keys
-            .iter()
-            .filter(|k| !ignored_key(k))
-            .map(|k| remap_one(&remapper, k))
-            .collect();
-        for (original, key) in keys.iter().filter(|k| !ignored_key(k)).zip(&remapped) {
-            if !expected.contains_key(key) {
+        for original in safetensors_keys(file)?.iter().filter(|k| !ignored_key(k)) {
+            if !expected.contains_key(&remap_one(&remapper, original)) {
                 return Err(Error::Tensor {
                     path: file.clone(),
                     tensor: original.clone(),
@@ -161,6 +153,36 @@ pub fn load_weights<B: Backend, M: ModuleSnapshot<B>>(
         });
     }
     Ok(())
+}
+
+/// The tensor names of a safetensors file, read from its header only.
+pub fn safetensors_keys(file: &Path) -> Result<Vec<String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(file).map_err(|e| Error::file(file, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| Error::file(file, "not a safetensors file (shorter than its header)"))?;
+    let len = u64::from_le_bytes(len);
+    let size = f.metadata().map_err(|e| Error::file(file, e))?.len();
+    if len > size.saturating_sub(8) || len > 100 << 20 {
+        return Err(Error::file(
+            file,
+            "not a safetensors file (bad header length)",
+        ));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| Error::file(file, e))?;
+    let value: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::file(file, format!("not a safetensors file (header: {e})")))?;
+    let map = value
+        .as_object()
+        .ok_or_else(|| Error::file(file, "not a safetensors file (header is not an object)"))?;
+    Ok(map
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect())
 }
 
 fn remap_one(remapper: &KeyRemapper, key: &str) -> String {
