@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn_ipa::backend::{run_on, BackendKind};
-use burn_ipa::bench::FitBench;
+use burn_ipa::bench::{FitBench, ForwardBench};
 use burn_ipa::projector::{FitAlgorithm, GhaConfig};
 use clap::{Args, Parser, Subcommand};
 
@@ -95,6 +95,23 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Decoder forward throughput (tokens/s) of random Llama-architecture models.
+    Forward {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// Model sizes (comma-separated): tiny, 100m.
+        #[arg(long, value_delimiter = ',', default_value = "tiny,100m")]
+        sizes: Vec<String>,
+        /// Sequences per batch.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Timed forward passes.
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -110,6 +127,38 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> burn_ipa::Result<()> {
     match cli.command {
+        Command::Bench {
+            what:
+                BenchCommand::Forward {
+                    backend,
+                    sizes,
+                    batch,
+                    seq,
+                    iters,
+                },
+        } => {
+            let job = ForwardBench {
+                sizes,
+                batch,
+                seq,
+                iters: iters.max(1),
+            };
+            let rows = run_on(backend.backend, backend.device, job)?;
+            println!("| backend | model | params | dtype | tokens/pass | tokens/s |");
+            println!("|---|---|---|---|---|---|");
+            for r in &rows {
+                println!(
+                    "| {} | {} | {:.1}M | {} | {} | {:.0} |",
+                    r.backend,
+                    r.size,
+                    r.params as f64 / 1e6,
+                    r.dtype,
+                    r.tokens,
+                    r.tokens_per_second
+                );
+            }
+            Ok(())
+        }
         Command::Params {
             model,
             rank,
