@@ -19,6 +19,7 @@ pub mod adapter;
 pub mod backend;
 pub mod bench;
 pub mod error;
+pub mod fit;
 pub mod models;
 pub mod projector;
 
