@@ -197,3 +197,107 @@ fn adapters_attach_by_name_and_layer_and_start_as_identity() {
     });
     assert!(err.unwrap_err().to_string().contains("layer 7"));
 }
+
+/// The llama2 fixture re-saved as two shards with an index, the second shard in f16.
+fn sharded_checkpoint(second_in_f16: bool) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "burn-ipa-sharded-{second_in_f16}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture_dir().join("config.json"), dir.join("config.json")).unwrap();
+    let bytes = std::fs::read(fixture_dir().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let half = names.len() / 2;
+    let mut weight_map = serde_json::Map::new();
+    for (shard, chunk) in [&names[..half], &names[half..]].iter().enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", shard + 1);
+        let f16 = shard == 1 && second_in_f16;
+        let owned: Vec<(String, Vec<usize>, Vec<u8>)> = chunk
+            .iter()
+            .map(|n| {
+                let view = st.tensor(n).unwrap();
+                let data = if f16 {
+                    view.data()
+                        .chunks_exact(4)
+                        .flat_map(|c| {
+                            half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                                .to_le_bytes()
+                        })
+                        .collect()
+                } else {
+                    view.data().to_vec()
+                };
+                weight_map.insert(n.to_string(), file.clone().into());
+                (n.clone(), view.shape().to_vec(), data)
+            })
+            .collect();
+        let dtype = if f16 {
+            safetensors::Dtype::F16
+        } else {
+            safetensors::Dtype::F32
+        };
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+            .iter()
+            .map(|(n, s, d)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(dtype, s.clone(), d).unwrap(),
+                )
+            })
+            .collect();
+        std::fs::write(
+            dir.join(&file),
+            safetensors::tensor::serialize(views, None).unwrap(),
+        )
+        .unwrap();
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn sharded_and_half_precision_checkpoints_load() {
+    let ids = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(vec![5i64, 9, 11, 3, 77], [1, 5]),
+        &Default::default(),
+    );
+    let reference = host(
+        load_decoder::<B>(&fixture_dir(), &Default::default())
+            .unwrap()
+            .forward(ids.clone(), &ForwardOptions::default())
+            .unwrap(),
+    );
+    let sharded = load_decoder::<B>(&sharded_checkpoint(false), &Default::default()).unwrap();
+    assert_close(
+        &host(
+            sharded
+                .forward(ids.clone(), &ForwardOptions::default())
+                .unwrap(),
+        ),
+        &reference,
+        1e-6,
+        "sharded f32",
+    );
+    // f16 weights (rounded to 11 bits) computed in f32: close, not equal.
+    let half = load_decoder::<B>(&sharded_checkpoint(true), &Default::default()).unwrap();
+    let got = host(half.forward(ids, &ForwardOptions::default()).unwrap());
+    assert_close(&got, &reference, 2e-2, "half of the weights in f16");
+    assert!(got != reference, "f16 rounding should show");
+
+    // An index naming a shard that is not there.
+    let dir = sharded_checkpoint(false);
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let err = load_err(&dir);
+    assert!(
+        err.contains("model.safetensors.index.json") && err.contains("model-00002-of-00002"),
+        "{err}"
+    );
+}
