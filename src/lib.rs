@@ -18,7 +18,9 @@
 pub mod adapter;
 pub mod backend;
 pub mod bench;
+pub mod data;
 pub mod error;
+pub mod eval;
 pub mod fit;
 pub mod models;
 pub mod projector;

@@ -1,0 +1,3 @@
+//! Evaluation: answer extraction and accuracy for the commonsense tasks.
+
+pub mod commonsense;
