@@ -9,9 +9,10 @@ use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Distribution, Tensor};
 
 use super::config::AdapterConfig;
+use crate::projector::host::{download_vec, upload_vec};
 use crate::{Error, Result};
 
 /// Configuration of an [`AdaptedLinear`] with a freshly initialised base (tests, toy models).
@@ -299,7 +300,7 @@ impl<B: Backend> AdaptedLinear<B> {
             None => (adapted, None),
             Some(m) => {
                 let norm = column_norm(adapted.clone());
-                let norm_host = tensor_to_f64(norm.clone());
+                let norm_host = download_vec(norm.clone());
                 let scale = (m.val().detach() / norm).unsqueeze::<2>();
                 (adapted * scale, Some(norm_host))
             }
@@ -330,10 +331,7 @@ impl<B: Backend> AdaptedLinear<B> {
         Ok(match (&record.dora_norm, &adapter.magnitude) {
             (None, _) => w - low,
             (Some(norm), Some(m)) => {
-                let norm = Tensor::<B, 1>::from_data(
-                    TensorData::new(norm.clone(), [norm.len()]),
-                    &w.device(),
-                );
+                let norm = upload_vec::<B, 1>(norm.clone(), [norm.len()], &w.device());
                 let inv_scale = (norm / m.val().detach()).unsqueeze::<2>();
                 w * inv_scale - low
             }
@@ -375,11 +373,4 @@ fn check_projector_shape<B: Backend>(p: &Tensor<B, 2>, rank: usize, d_in: usize)
         return Err(Error::shape("projector P", [rank, d_in], dims));
     }
     Ok(())
-}
-
-fn tensor_to_f64<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    t.into_data()
-        .convert::<f64>()
-        .to_vec::<f64>()
-        .expect("converted data has f64 elements")
 }
