@@ -72,6 +72,33 @@ pub fn thin_svd(m: &Mat<f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
     Ok((svd.U().to_owned(), s, svd.V().to_owned()))
 }
 
+/// The top `k` singular values and right singular vectors (`Vᵀ`, `[k', d]` with
+/// `k' = min(k, rank)`) of `m` (`[rows, d]`), from the eigendecomposition of the smaller Gram
+/// matrix in f64: `MᵀM = V S² Vᵀ`, or `MMᵀ = U S² Uᵀ` and `Vᵀ = S⁻¹ Uᵀ M`. Squaring costs
+/// precision only for singular values far below the largest (relative error ~ 1e-16·σ₁²/σᵢ²).
+pub fn top_right_singular(m: &Mat<f64>, k: usize) -> Result<(Vec<f64>, Mat<f64>)> {
+    let (rows, d) = (m.nrows(), m.ncols());
+    let keep = k.min(rows).min(d);
+    if d <= rows {
+        let gram = m.transpose() * m;
+        let (values, vectors) = symmetric_eigen_desc(&gram)?;
+        let s = values[..keep].iter().map(|v| v.max(0.0).sqrt()).collect();
+        Ok((s, Mat::from_fn(keep, d, |i, j| vectors[(j, i)])))
+    } else {
+        let gram = m * m.transpose();
+        let (values, vectors) = symmetric_eigen_desc(&gram)?;
+        let s: Vec<f64> = values[..keep].iter().map(|v| v.max(0.0).sqrt()).collect();
+        let scaled_ut = Mat::from_fn(keep, rows, |i, j| {
+            if s[i] > 0.0 {
+                vectors[(j, i)] / s[i]
+            } else {
+                0.0
+            }
+        });
+        Ok((s, scaled_ut * m))
+    }
+}
+
 /// scikit-learn's `svd_flip(u_based_decision=False)` on the rows of `Vᵀ`: the entry of largest
 /// magnitude in each row becomes positive. Returns the sign applied to each row.
 pub fn flip_rows_by_max_abs(vt: &mut Mat<f64>) -> Vec<f64> {

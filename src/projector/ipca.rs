@@ -2,7 +2,6 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
-use faer::Mat;
 
 use super::device::randomized_svd;
 use super::host;
@@ -13,8 +12,9 @@ use crate::{Error, Result};
 /// How each batch's SVD is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IpcaSolver {
-    /// The exact thin SVD of the stacked matrix, on the host in f64 (scikit-learn's choice).
-    /// Costs `O(m·d·min(m, d))` per batch: the reference, for moderate widths.
+    /// The exact top singular triplets of the stacked matrix, on the host in f64 (scikit-learn
+    /// takes a full SVD; we eigendecompose the smaller Gram matrix, which gives the same top
+    /// triplets in f64). Costs `O(m·d·min(m, d))` per batch: the reference, for moderate widths.
     Exact,
     /// A randomized SVD on the device with `rank + oversample` sketch columns and `niter` power
     /// iterations. `oversample = 0, niter = 3` is the authors' `svd_lowrank(M, q=r, niter=3)`.
@@ -95,10 +95,8 @@ impl<B: Backend> IncrementalPca<B> {
     fn decompose(&self, m: Tensor<B, 2>) -> Result<(Vec<f64>, Tensor<B, 2>)> {
         match self.solver {
             IpcaSolver::Exact => {
-                let (_u, s, v) = host::thin_svd(&host::download(m))?;
-                let keep = self.rank.min(s.len());
-                let vt = Mat::from_fn(keep, self.d, |i, j| v[(j, i)]);
-                Ok((s[..keep].to_vec(), host::upload(&vt, &self.device)))
+                let (s, vt) = host::top_right_singular(&host::download(m), self.rank)?;
+                Ok((s, host::upload(&vt, &self.device)))
             }
             IpcaSolver::Randomized {
                 oversample,
