@@ -10,6 +10,7 @@ pub mod loading;
 pub mod norm;
 pub mod params;
 pub mod rope;
+pub mod siglip;
 pub mod tokenizer;
 
 pub use config::{DecoderConfig, DecoderFamily, LayerKind, RopeConfig, RopeScaling};
