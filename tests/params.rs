@@ -138,3 +138,19 @@ fn unknown_models_and_targets_are_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn tiny_presets_parse() {
+    // tiny-llama: 2 layers, hidden 64, 4 heads of 16, 2 kv heads, MLP 128.
+    let n = count("tiny-llama", 4, LLM_TARGETS, &[Tower::Text], false, false);
+    assert_eq!(n, 2 * 4 * (64 + 32 + 32 + 128 + 64));
+    let n = count(
+        "tiny-siglip",
+        2,
+        &["q_proj", "v_proj"],
+        &[Tower::Vision],
+        false,
+        false,
+    );
+    assert_eq!(n, 2 * 2 * (64 + 64));
+}

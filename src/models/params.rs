@@ -181,6 +181,14 @@ pub const PRESETS: &[(&str, &str)] = &[
         "siglip-2-base-patch16-224",
         include_str!("../../models/presets/siglip-2-base-patch16-224/config.json"),
     ),
+    (
+        "tiny-llama",
+        include_str!("../../models/presets/tiny-llama/config.json"),
+    ),
+    (
+        "tiny-siglip",
+        include_str!("../../models/presets/tiny-siglip/config.json"),
+    ),
 ];
 
 /// Reads `--model`: a bundled preset name, a model directory holding `config.json`, or the
