@@ -38,7 +38,8 @@ enum Command {
     /// LoRA and IPA have the same shapes; only how P is obtained differs.
     Params {
         /// A preset (llama-2-7b, llama-3-8b, qwen-2.5-7b, gemma-3-4b,
-        /// siglip-2-base-patch16-224) or a model directory / config.json path.
+        /// siglip-2-base-patch16-224, tiny-llama, tiny-siglip) or a model directory or
+        /// config.json path.
         #[arg(long)]
         model: String,
         /// Adapter rank r.
