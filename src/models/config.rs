@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::json_fields::Fields;
 use crate::{Error, Result};
 
 /// Which decoder family a checkpoint is.
@@ -107,66 +108,6 @@ pub struct DecoderConfig {
     pub eos_token_ids: Vec<u32>,
     /// Padding token.
     pub pad_token_id: Option<u32>,
-}
-
-struct Fields<'a> {
-    value: &'a Value,
-    file: &'a Path,
-    prefix: &'a str,
-}
-
-impl<'a> Fields<'a> {
-    fn err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
-        Error::file(self.file, format!("`{}{key}`: {msg}", self.prefix))
-    }
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.value.get(key).filter(|v| !v.is_null())
-    }
-    fn usize(&self, key: &str) -> Result<usize> {
-        let v = self.get(key).ok_or_else(|| self.err(key, "missing"))?;
-        v.as_u64()
-            .map(|x| x as usize)
-            .ok_or_else(|| self.err(key, format!("expected a non-negative integer, found {v}")))
-    }
-    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        self.get(key).map(|_| self.usize(key)).transpose()
-    }
-    fn f64(&self, key: &str) -> Result<f64> {
-        let v = self.get(key).ok_or_else(|| self.err(key, "missing"))?;
-        v.as_f64()
-            .ok_or_else(|| self.err(key, format!("expected a number, found {v}")))
-    }
-    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        self.get(key).map(|_| self.f64(key)).transpose()
-    }
-    fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| self.err(key, format!("expected true or false, found {v}"))),
-        }
-    }
-    fn str(&self, key: &str) -> Option<&'a str> {
-        self.get(key).and_then(Value::as_str)
-    }
-    fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
-        match self.get(key) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| {
-                    v.as_u64()
-                        .map(|x| x as u32)
-                        .ok_or_else(|| self.err(key, format!("expected token ids, found {v}")))
-                })
-                .collect(),
-            Some(v) => v
-                .as_u64()
-                .map(|x| vec![x as u32])
-                .ok_or_else(|| self.err(key, format!("expected a token id, found {v}"))),
-        }
-    }
 }
 
 impl DecoderConfig {

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod generate;
+mod json_fields;
 pub mod llama;
 pub mod loading;
 pub mod norm;

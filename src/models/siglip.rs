@@ -24,6 +24,7 @@ use burn::tensor::{FloatDType, Int, Tensor};
 use burn_store::KeyRemapper;
 use serde_json::Value;
 
+use super::json_fields::Fields;
 use super::loading::{load_weights, weight_files};
 use crate::adapter::{AdaptedLinear, AdaptedLinearConfig, AdapterConfig, ProjectorInit};
 use crate::{Error, Result};
@@ -95,61 +96,13 @@ pub struct SiglipConfig {
     pub vision_config: SiglipVisionConfig,
 }
 
-/// Reads typed fields of one JSON object, naming the file and key in errors.
-struct Fields<'a> {
-    value: &'a Value,
-    file: &'a Path,
-    prefix: &'a str,
+/// SigLIP-specific checks on a tower's config object.
+trait TowerChecks {
+    fn check_act(&self) -> Result<()>;
+    fn heads(&self, hidden: usize) -> Result<usize>;
 }
 
-impl<'a> Fields<'a> {
-    fn err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
-        Error::file(self.file, format!("`{}{key}`: {msg}", self.prefix))
-    }
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.value.get(key).filter(|v| !v.is_null())
-    }
-    fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
-                self.err(key, format!("expected a non-negative integer, found {v}"))
-            }),
-        }
-    }
-    fn positive_or(&self, key: &str, default: usize) -> Result<usize> {
-        let v = self.usize_or(key, default)?;
-        if v == 0 {
-            return Err(self.err(key, "must be positive"));
-        }
-        Ok(v)
-    }
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| self.err(key, format!("expected a number, found {v}"))),
-        }
-    }
-    fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| self.err(key, format!("expected true or false, found {v}"))),
-        }
-    }
-    fn str(&self, key: &str) -> Option<&'a str> {
-        self.get(key).and_then(Value::as_str)
-    }
-    fn object(&self, key: &str) -> Result<&'a Value> {
-        match self.get(key) {
-            Some(v) if v.is_object() => Ok(v),
-            Some(v) => Err(self.err(key, format!("expected an object, found {v}"))),
-            None => Err(self.err(key, "missing")),
-        }
-    }
+impl TowerChecks for Fields<'_> {
     /// `hidden_act` must be the tanh-approximated GELU every SigLIP checkpoint uses.
     fn check_act(&self) -> Result<()> {
         match self.get("hidden_act") {
