@@ -11,7 +11,7 @@ use burn_ipa::adapter::AdapterConfig;
 use burn_ipa::fit::{positions_from_mask, DecoderFit};
 use burn_ipa::models::loading::load_decoder;
 use burn_ipa::models::{Decoder, ForwardOptions, Site, SiteKind};
-use burn_ipa::projector::{FitAlgorithm, ProjectorFit};
+use burn_ipa::projector::FitAlgorithm;
 use common::*;
 
 type B = TestBackend;
