@@ -24,5 +24,6 @@ pub mod eval;
 pub mod fit;
 pub mod models;
 pub mod projector;
+pub mod train;
 
 pub use error::{Error, Result};

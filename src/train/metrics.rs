@@ -1,0 +1,17 @@
+//! What a training or validation step reports to the loop.
+
+/// The figures a step's output hands to the training loop for its metrics (loss, and the
+/// number of correct predictions where the task has them).
+///
+/// Implemented by the output items of every `burn_train::TrainStep` / `InferenceStep` this
+/// crate trains.
+pub trait StepOutput {
+    /// Mean loss of the step's batch (already synchronised to the host).
+    fn loss(&self) -> f64;
+    /// Number of items (sequences, images) in the batch, used to weight averages.
+    fn items(&self) -> usize;
+    /// `(correct, total)` predictions, for tasks that classify.
+    fn correct(&self) -> Option<(usize, usize)> {
+        None
+    }
+}
