@@ -1,6 +1,14 @@
 //! Fine-tuning: the training tasks (causal-LM instruction tuning, SigLIP classification), the
 //! learning-rate schedule, and a step-driven loop with step-level checkpoints and exact resume.
 
+pub mod causal_lm;
+pub mod checkpoint;
 mod metrics;
+pub mod schedule;
+pub mod trainer;
 
+pub use causal_lm::{causal_lm_loss, lm_batch, CausalLm, LmBatch, LmBatcher, LmOutput};
+pub use checkpoint::{latest_checkpoint, StepRecord};
 pub use metrics::StepOutput;
+pub use schedule::WarmupLinearDecay;
+pub use trainer::{epoch_order, train, RunOptions, TrainConfig, TrainOutcome};

@@ -1,0 +1,180 @@
+//! Causal-LM instruction tuning: batches of tokenized examples and the next-token loss.
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::module::Module;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use burn::train::metric::ItemLazy;
+use burn::train::{InferenceStep, TrainOutput, TrainStep};
+
+use super::StepOutput;
+use crate::data::instruction::{TokenizedExample, IGNORE_INDEX};
+use crate::models::llama::{Decoder, ForwardOptions};
+use crate::Result;
+
+/// A right-padded batch of tokenized examples.
+#[derive(Clone, Debug)]
+pub struct LmBatch<B: Backend> {
+    /// Token ids `[batch, seq]`, padding filled with the pad id.
+    pub input_ids: Tensor<B, 2, Int>,
+    /// Labels `[batch, seq]` aligned with the ids (the loss shifts them); [`IGNORE_INDEX`] on
+    /// padding and on masked prompts.
+    pub labels: Tensor<B, 2, Int>,
+    /// Padding mask and positions.
+    pub options: ForwardOptions,
+    /// Number of examples.
+    pub items: usize,
+}
+
+/// Pads tokenized examples on the right to the longest one (as HF's
+/// `DataCollatorForSeq2Seq` with `padding=True`).
+#[derive(Clone, Debug)]
+pub struct LmBatcher {
+    /// Id written in the padded positions (masked out; any valid id works).
+    pub pad_id: u32,
+}
+
+impl<B: Backend> Batcher<B, TokenizedExample, LmBatch<B>> for LmBatcher {
+    fn batch(&self, items: Vec<TokenizedExample>, device: &B::Device) -> LmBatch<B> {
+        lm_batch(&items, self.pad_id, device)
+    }
+}
+
+/// The batch of `items` (see [`LmBatcher`]).
+pub fn lm_batch<B: Backend>(
+    items: &[TokenizedExample],
+    pad_id: u32,
+    device: &B::Device,
+) -> LmBatch<B> {
+    let batch = items.len();
+    let seq = items
+        .iter()
+        .map(|e| e.input_ids.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut ids = vec![pad_id as i64; batch * seq];
+    let mut labels = vec![IGNORE_INDEX; batch * seq];
+    let mut mask = vec![false; batch * seq];
+    for (row, ex) in items.iter().enumerate() {
+        for (j, (&id, &label)) in ex.input_ids.iter().zip(&ex.labels).enumerate() {
+            ids[row * seq + j] = id as i64;
+            labels[row * seq + j] = label;
+            mask[row * seq + j] = true;
+        }
+    }
+    let padded = mask.iter().any(|m| !m);
+    LmBatch {
+        input_ids: Tensor::from_data(TensorData::new(ids, [batch, seq]), device),
+        labels: Tensor::from_data(TensorData::new(labels, [batch, seq]), device),
+        options: ForwardOptions {
+            // Right padding leaves positions 0..len of real tokens unchanged.
+            attention_mask: padded.then_some(mask),
+            position_ids: None,
+        },
+        items: batch,
+    }
+}
+
+/// Mean next-token cross-entropy over the labelled positions, and how many there were.
+///
+/// Position `t`'s logits predict label `t + 1`, as HF's `ForCausalLMLoss` shifts them. The
+/// log-softmax runs in the logits' dtype; the sum is over at most `batch · seq` terms.
+pub fn causal_lm_loss<B: Backend>(
+    logits: Tensor<B, 3>,
+    labels: Tensor<B, 2, Int>,
+) -> (Tensor<B, 1>, usize) {
+    let [batch, seq, vocab] = logits.dims();
+    if seq < 2 {
+        return (Tensor::zeros([1], &logits.device()), 0);
+    }
+    let logits = logits.slice([0..batch, 0..seq - 1, 0..vocab]);
+    let targets = labels.slice([0..batch, 1..seq]);
+    let keep = targets.clone().not_equal_elem(IGNORE_INDEX);
+    let count = keep.clone().int().sum().into_scalar().elem::<i64>() as usize;
+    let safe_targets = targets.mask_fill(keep.clone().bool_not(), 0);
+    let logp = log_softmax(logits, 2)
+        .gather(2, safe_targets.unsqueeze_dim::<3>(2))
+        .squeeze_dim::<2>(2);
+    let nll = logp.mask_fill(keep.bool_not(), 0.0).sum().neg();
+    (nll / (count.max(1) as f64), count)
+}
+
+use burn::tensor::ElementConversion;
+
+/// A decoder trained as a causal language model: the unit burn-train's `TrainStep` and
+/// `InferenceStep` run on.
+#[derive(Module, Debug)]
+pub struct CausalLm<B: Backend> {
+    /// The decoder, with its adapters.
+    pub decoder: Decoder<B>,
+}
+
+/// What a causal-LM step reports.
+#[derive(Clone, Debug)]
+pub struct LmOutput {
+    /// Mean loss over the labelled tokens of the batch.
+    pub loss: f64,
+    /// Labelled tokens in the batch.
+    pub tokens: usize,
+    /// Examples in the batch.
+    pub items: usize,
+}
+
+impl StepOutput for LmOutput {
+    fn loss(&self) -> f64 {
+        self.loss
+    }
+    fn items(&self) -> usize {
+        self.items
+    }
+}
+
+impl ItemLazy for LmOutput {
+    type ItemSync = LmOutput;
+    fn sync(self) -> Self::ItemSync {
+        self
+    }
+}
+
+impl<B: Backend> CausalLm<B> {
+    /// The loss tensor (differentiable) and the step's figures.
+    pub fn forward_loss(&self, batch: LmBatch<B>) -> Result<(Tensor<B, 1>, LmOutput)> {
+        let logits = self.decoder.forward(batch.input_ids, &batch.options)?;
+        let (loss, tokens) = causal_lm_loss(logits, batch.labels);
+        let value = loss.clone().into_scalar().elem::<f64>();
+        Ok((
+            loss,
+            LmOutput {
+                loss: value,
+                tokens,
+                items: batch.items,
+            },
+        ))
+    }
+}
+
+impl<B: AutodiffBackend> TrainStep for CausalLm<B> {
+    type Input = LmBatch<B>;
+    type Output = LmOutput;
+
+    fn step(&self, batch: LmBatch<B>) -> TrainOutput<LmOutput> {
+        // The batch was built from validated examples; a shape error here is a bug.
+        let (loss, output) = self
+            .forward_loss(batch)
+            .expect("a batch from LmBatcher fits the decoder");
+        TrainOutput::new(self, loss.backward(), output)
+    }
+}
+
+impl<B: Backend> InferenceStep for CausalLm<B> {
+    type Input = LmBatch<B>;
+    type Output = LmOutput;
+
+    fn step(&self, batch: LmBatch<B>) -> LmOutput {
+        self.forward_loss(batch)
+            .expect("a batch from LmBatcher fits the decoder")
+            .1
+    }
+}

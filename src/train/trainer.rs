@@ -1,0 +1,351 @@
+//! The training loop: seeded epochs of micro-batches, gradient accumulation, AdamW with the
+//! warm-up/decay schedule, metrics, and step-level checkpoints with exact resume.
+//!
+//! The model's side is burn-train's [`TrainStep`]; the optimizer, gradient accumulation and
+//! schedule are burn's own (`AdamW`, `GradientsAccumulator`, an `LrScheduler`). The loop itself
+//! is ours rather than burn-train's `SupervisedTraining` because the fine-tuning protocol needs
+//! what that loop does not do: checkpoints every N optimizer steps (it checkpoints per
+//! epoch), checkpoints that hold only the adapters (it records the whole model, a 7B base
+//! each time), a resume that reproduces the uninterrupted run, and I/O errors reported rather
+//! than panicking.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::lr_scheduler::LrScheduler;
+use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::train::TrainStep;
+use burn_store::ModuleSnapshot;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{
+    latest_checkpoint, load_checkpoint, read_state, save_checkpoint, CheckpointState, StepRecord,
+};
+use super::schedule::WarmupLinearDecay;
+use super::StepOutput;
+use crate::adapter::write_atomic;
+use crate::{Error, Result};
+
+/// Optimisation settings of a fine-tuning run (the paper's defaults where it has them).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Examples per optimizer step.
+    pub batch_size: usize,
+    /// Examples per forward/backward pass; `batch_size / micro_batch_size` micro-batches are
+    /// accumulated per step.
+    pub micro_batch_size: usize,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// Stop after this many optimizer steps (the schedule still spans all epochs).
+    pub max_steps: Option<usize>,
+    /// Write a checkpoint every this many optimizer steps (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Compute the validation loss every this many optimizer steps (0: never).
+    pub valid_every: usize,
+    /// Seeds the data order and dropout.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        // LLM-Adapters' commonsense settings: batch 16 in micro-batches of 4, 3 epochs,
+        // 100 warm-up steps, save/eval every 80 steps.
+        Self {
+            learning_rate: 3e-4,
+            weight_decay: 0.0,
+            epochs: 3,
+            batch_size: 16,
+            micro_batch_size: 4,
+            warmup_steps: 100,
+            max_steps: None,
+            checkpoint_every: 80,
+            valid_every: 80,
+            seed: 42,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, why: &str| Err(Error::Config(format!("{field}: {why}")));
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return bad("learning_rate", "must be a positive number");
+        }
+        if !(self.weight_decay >= 0.0) {
+            return bad("weight_decay", "must be ≥ 0");
+        }
+        if self.epochs == 0 {
+            return bad("epochs", "must be at least 1");
+        }
+        if self.micro_batch_size == 0 || self.batch_size == 0 {
+            return bad("batch_size", "batch sizes must be at least 1");
+        }
+        if self.batch_size % self.micro_batch_size != 0 {
+            return bad(
+                "micro_batch_size",
+                &format!("must divide batch_size ({})", self.batch_size),
+            );
+        }
+        Ok(())
+    }
+
+    /// Micro-batches per optimizer step.
+    pub fn accumulation(&self) -> usize {
+        self.batch_size / self.micro_batch_size
+    }
+
+    /// Optimizer steps per epoch over `n` examples (the last step may take fewer examples).
+    pub fn steps_per_epoch(&self, n: usize) -> usize {
+        n.div_ceil(self.batch_size)
+    }
+
+    /// Optimizer steps of the whole schedule.
+    pub fn total_steps(&self, n: usize) -> usize {
+        self.steps_per_epoch(n) * self.epochs
+    }
+
+    /// Optimizer steps this run takes.
+    pub fn run_steps(&self, n: usize) -> usize {
+        let total = self.total_steps(n);
+        self.max_steps.map_or(total, |m| m.min(total))
+    }
+}
+
+/// Where and how a run keeps its state.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Output folder for checkpoints and `metrics.csv`; `None` keeps nothing on disk.
+    pub out_dir: Option<PathBuf>,
+    /// Resume from the latest checkpoint in `out_dir` when there is one.
+    pub resume: bool,
+    /// Describes the run (config, model, data). A resume must find the same value.
+    pub fingerprint: serde_json::Value,
+    /// Stop (as if interrupted) after this many optimizer steps, after checkpointing.
+    pub stop_after: Option<usize>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// The trained model and the metrics of every optimizer step.
+pub struct TrainOutcome<M> {
+    /// The model after the last step.
+    pub model: M,
+    /// One record per optimizer step, including those before a resume.
+    pub history: Vec<StepRecord>,
+    /// Step the run resumed from (0 for a fresh run).
+    pub resumed_from: usize,
+}
+
+/// The order examples are seen in epoch `epoch`: a permutation seeded by the run's seed.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    order.shuffle(&mut rng);
+    order
+}
+
+/// Trains `model` on `items` with AdamW. `batch` turns a slice of examples into the model's
+/// input; `valid` (if given) computes a validation loss for the current model.
+///
+/// Only parameters that require gradients receive updates and optimizer state: build the
+/// model with a frozen base and trainable adapters.
+#[allow(clippy::too_many_arguments)]
+pub fn train<B, M, I>(
+    mut model: M,
+    items: &[I],
+    config: &TrainConfig,
+    options: &RunOptions,
+    device: &B::Device,
+    batch: impl Fn(&[&I]) -> M::Input,
+    mut valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
+) -> Result<TrainOutcome<M>>
+where
+    B: AutodiffBackend,
+    M: TrainStep + AutodiffModule<B> + ModuleSnapshot<B>,
+    M::Output: StepOutput,
+{
+    config.validate()?;
+    if items.is_empty() {
+        return Err(Error::Config("the training set is empty".into()));
+    }
+    let n = items.len();
+    let total = config.total_steps(n);
+    let run_steps = config.run_steps(n);
+    let mut optim: OptimizerAdaptor<AdamW, M, B> = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .init();
+    let mut schedule = WarmupLinearDecay::new(config.learning_rate, config.warmup_steps, total);
+    let mut history = Vec::new();
+    let mut start = 0;
+
+    if options.resume {
+        let out = options.out_dir.as_deref().ok_or_else(|| {
+            Error::Config("resuming needs an output folder to resume from".into())
+        })?;
+        if let Some(dir) = latest_checkpoint(out)? {
+            let state = read_state(&dir)?;
+            if state.fingerprint != options.fingerprint {
+                return Err(Error::file(
+                    &dir,
+                    format!(
+                        "was written by a different run; {}",
+                        describe_difference(&state.fingerprint, &options.fingerprint)
+                    ),
+                ));
+            }
+            let record = load_checkpoint::<B, M, AdamW>(&dir, &mut model, device)?;
+            optim = optim.load_record(record);
+            schedule = schedule.load_record::<B>(state.step);
+            start = state.step;
+            history = state.history;
+        }
+    }
+
+    let progress = options.progress.then(|| {
+        let bar = indicatif::ProgressBar::new(run_steps as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed} < {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix("train");
+        bar.set_position(start as u64);
+        bar
+    });
+
+    let steps_per_epoch = config.steps_per_epoch(n);
+    let mut step = start;
+    while step < run_steps {
+        let epoch = step / steps_per_epoch;
+        let order = epoch_order(n, config.seed, epoch);
+        let in_epoch = step % steps_per_epoch;
+        let begin = in_epoch * config.batch_size;
+        let end = (begin + config.batch_size).min(n);
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        let (mut loss_sum, mut weight) = (0.0, 0usize);
+        for (micro, chunk) in order[begin..end]
+            .chunks(config.micro_batch_size)
+            .enumerate()
+        {
+            // Dropout draws depend only on (seed, step, micro-batch): a resumed run sees the
+            // same masks as an uninterrupted one.
+            B::seed(
+                device,
+                config.seed
+                    ^ ((step * config.accumulation() + micro) as u64 + 1)
+                        .wrapping_mul(0xA24B_AED4_963E_E407),
+            );
+            let examples: Vec<&I> = chunk.iter().map(|&i| &items[i]).collect();
+            let output = model.step(batch(&examples));
+            let item = output.item;
+            if !item.loss().is_finite() {
+                return Err(Error::NonFinite(format!(
+                    "training loss at step {} (epoch {epoch}) is {}",
+                    step + 1,
+                    item.loss()
+                )));
+            }
+            loss_sum += item.loss() * item.items() as f64;
+            weight += item.items();
+            accumulator.accumulate(&model, output.grads);
+        }
+        let lr = schedule.step();
+        model = optim.step(lr, model, accumulator.grads());
+        step += 1;
+
+        let valid_loss = match valid.as_deref_mut() {
+            Some(f)
+                if config.valid_every > 0
+                    && (step % config.valid_every == 0 || step == run_steps) =>
+            {
+                Some(f(&model)?)
+            }
+            _ => None,
+        };
+        history.push(StepRecord {
+            step,
+            epoch,
+            loss: loss_sum / weight.max(1) as f64,
+            lr,
+            valid_loss,
+        });
+        if let Some(bar) = &progress {
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {:.4}", loss_sum / weight.max(1) as f64));
+        }
+
+        let stopping = options.stop_after == Some(step);
+        if let Some(out) = &options.out_dir {
+            let due = (config.checkpoint_every > 0 && step % config.checkpoint_every == 0)
+                || step == run_steps
+                || stopping;
+            if due {
+                let state = CheckpointState {
+                    step,
+                    fingerprint: options.fingerprint.clone(),
+                    history: history.clone(),
+                };
+                save_checkpoint(out, &model, &optim, &state)?;
+            }
+            write_metrics_csv(out, &history)?;
+        }
+        if stopping {
+            break;
+        }
+    }
+    if let Some(bar) = progress {
+        bar.finish();
+    }
+    Ok(TrainOutcome {
+        model,
+        history,
+        resumed_from: start,
+    })
+}
+
+/// Writes `metrics.csv` (step, epoch, loss, lr, valid_loss) from the history.
+pub fn write_metrics_csv(out_dir: &Path, history: &[StepRecord]) -> Result<()> {
+    let mut text = String::from("step,epoch,loss,lr,valid_loss\n");
+    for r in history {
+        let valid = r.valid_loss.map(|v| v.to_string()).unwrap_or_default();
+        text.push_str(&format!(
+            "{},{},{},{},{}\n",
+            r.step, r.epoch, r.loss, r.lr, valid
+        ));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::file(out_dir, e))?;
+    write_atomic(&out_dir.join("metrics.csv"), text.as_bytes())
+}
+
+/// Names the first top-level field where two fingerprints differ.
+fn describe_difference(saved: &serde_json::Value, now: &serde_json::Value) -> String {
+    if let (Some(a), Some(b)) = (saved.as_object(), now.as_object()) {
+        for (key, value) in b {
+            if a.get(key) != Some(value) {
+                return format!(
+                    "`{key}` was {} and is now {value}",
+                    a.get(key).map_or("absent".to_string(), |v| v.to_string())
+                );
+            }
+        }
+        if let Some(key) = a.keys().find(|k| !b.contains_key(*k)) {
+            return format!("`{key}` is no longer set");
+        }
+    }
+    "its settings differ".into()
+}
