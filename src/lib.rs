@@ -22,8 +22,10 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod fit;
+pub mod instruct;
 pub mod models;
 pub mod projector;
+pub mod quickstart;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -343,6 +343,25 @@ impl<B: Backend> AdaptedLinear<B> {
         })
     }
 
+    /// Marks which parameters train: the base never, `up` and DoRA's magnitude always, the
+    /// projector as the config says.
+    ///
+    /// burn keeps the flag on autodiff tensors only, so a layer built on a plain backend and
+    /// moved to an autodiff one (`Module::train`, `AutodiffModule::from_inner`) comes back
+    /// with every parameter frozen; call this after the move.
+    pub fn mark_trainable(&mut self) {
+        self.base.weight = self.base.weight.clone().set_require_grad(false);
+        self.base.bias = self.base.bias.take().map(|b| b.set_require_grad(false));
+        if let Some(a) = self.adapter.as_mut() {
+            a.projector = a
+                .projector
+                .clone()
+                .set_require_grad(a.config.train_projector);
+            a.up = a.up.clone().set_require_grad(true);
+            a.magnitude = a.magnitude.take().map(|m| m.set_require_grad(true));
+        }
+    }
+
     /// Trainable parameters of the adapter (0 without one); the base never trains.
     pub fn trainable_params(&self) -> usize {
         self.adapter
