@@ -11,9 +11,10 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use burn_ipa::adapter::{AdapterConfig, ProjectorInit};
 use burn_ipa::models::loading::load_weights;
 use burn_ipa::models::siglip::{
-    load_siglip, pixel_batch, preprocess_image, siglip_remapper, SiglipConfig, SiglipModel,
-    SiglipSite,
+    load_siglip, pixel_batch, preprocess_image, preprocess_rgb8, siglip_remapper, ResizeFilter,
+    SiglipConfig, SiglipModel, SiglipSite,
 };
+use burn_store::ModuleSnapshot;
 use common::*;
 use serde_json::Value;
 
@@ -136,9 +137,36 @@ fn siglip_loads_bf16_weights_into_an_f32_model() {
         DType::F32,
     )
     .unwrap();
-    // The reference was computed with the f32 weights, not the bf16-rounded ones, so this
-    // only checks that the bf16 file loads into the right places: rounding every weight to
-    // bf16 (8 mantissa bits) moves the outputs by up to ~1e-2.
+    // Every parameter is the f32 checkpoint's, rounded to bf16 (relative error ≤ 2⁻⁹), in the
+    // same place and layout.
+    let f32_model = load_siglip::<B>(&dir, &Default::default()).unwrap();
+    let params = |m: &SiglipModel<B>| -> BTreeMap<String, Vec<f64>> {
+        m.collect(None, None, false)
+            .into_iter()
+            .map(|s| {
+                let data = s.to_data().unwrap().convert::<f64>();
+                (s.full_path(), data.to_vec::<f64>().unwrap())
+            })
+            .collect()
+    };
+    let (got, want) = (params(&model), params(&f32_model));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (path, w) in &want {
+        let g = &got[path];
+        assert_eq!(g.len(), w.len(), "{path}");
+        for (a, b) in g.iter().zip(w) {
+            assert!(
+                (a - b).abs() <= b.abs() / 256.0 + 1e-30,
+                "{path}: {a} vs {b}"
+            );
+        }
+    }
+    // The reference outputs were computed with the f32 weights, not the bf16-rounded ones:
+    // rounding every weight to bf16 moves the outputs by up to ~2e-2 (relative to 1 + |x|),
+    // hence the loose tolerance.
     compare_all(&model, &expected(), 3e-2, "siglip bf16 weights");
 }
 
@@ -439,4 +467,79 @@ fn preprocess_image_errors_name_the_file() {
     assert!(err.contains("notes.png"), "{err}");
 
     assert!(preprocess_image(&missing, 0).is_err());
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// `preprocess_rgb8` against HF's `SiglipImageProcessor` (torchvision backend, PyTorch's
+/// AVX2 `uint8` antialiased resize) on random images, down- and upscaling, bilinear and
+/// bicubic: every value equal. The fixture also holds the PIL backend's output, which
+/// rounds its fixed-point weights differently (22 fractional bits where PyTorch keeps
+/// about 15): it agrees within one grey level.
+#[test]
+fn preprocess_rgb8_matches_hf_siglip_image_processor() {
+    let fx = fixture("image_resize.json");
+    let images: Vec<(usize, usize, Vec<u8>)> = fx["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|im| {
+            (
+                im["width"].as_u64().unwrap() as usize,
+                im["height"].as_u64().unwrap() as usize,
+                unhex(im["rgb"].as_str().unwrap()),
+            )
+        })
+        .collect();
+    let cases = fx["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 10);
+    for (n, case) in cases.iter().enumerate() {
+        let (w, h, rgb) = &images[case["image"].as_u64().unwrap() as usize];
+        let size = case["size"].as_u64().unwrap() as usize;
+        let filter = match case["resample"].as_u64().unwrap() {
+            2 => ResizeFilter::Bilinear,
+            3 => ResizeFilter::Bicubic,
+            other => panic!("resample {other}"),
+        };
+        let tag = format!("{w}x{h} -> {size}, {filter:?}");
+        let got = preprocess_rgb8(rgb, *w, *h, size, filter).unwrap();
+        assert_eq!(got.len(), 3 * size * size, "{tag}");
+        let want: Vec<f32> = unhex(case["levels"].as_str().unwrap())
+            .into_iter()
+            .map(|l| (l as f32 - 127.5) / 127.5)
+            .collect();
+        let mismatches = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(mismatches, 0, "{tag}: {mismatches} values differ from HF's");
+        let pil = unhex(case["levels_pil"].as_str().unwrap());
+        for (a, l) in got.iter().zip(pil) {
+            let level = a * 127.5 + 127.5;
+            assert!(
+                (level - l as f32).abs() <= 1.0 + 1e-3,
+                "{tag}: {level} vs PIL {l}"
+            );
+        }
+        if n == 0 {
+            let example: Vec<f32> = fx["pixel_values_example"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            assert_eq!(got, example, "{tag}: float pixel values");
+        }
+    }
+    // An image already at the target size is only normalised.
+    let (w, h, rgb) = &images[2];
+    let same = preprocess_rgb8(rgb, *w, *h, 64, ResizeFilter::Bicubic).unwrap();
+    assert_eq!(same[0], (rgb[0] as f32 - 127.5) / 127.5);
+    assert_eq!(same[64 * 64 + 1], (rgb[4] as f32 - 127.5) / 127.5);
+    // Wrong byte count or an empty image: errors.
+    assert!(preprocess_rgb8(&rgb[1..], *w, *h, 16, ResizeFilter::Bilinear).is_err());
+    assert!(preprocess_rgb8(&[], 0, 0, 16, ResizeFilter::Bilinear).is_err());
+    assert!(preprocess_rgb8(rgb, *w, *h, 0, ResizeFilter::Bilinear).is_err());
 }
