@@ -7,6 +7,7 @@ use std::path::Path;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ElementConversion;
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::write_atomic;
@@ -112,11 +113,59 @@ pub fn fit_pass<B: Backend>(
     Ok(fit)
 }
 
+/// Attaches the adapters described by a saved adapter folder (see
+/// [`crate::adapter::save_adapter`]) to `model` and loads their weights. Returns the targets.
+pub fn attach_saved_adapter<B: Backend>(model: &mut Decoder<B>, dir: &Path) -> Result<Vec<String>> {
+    let saved = crate::adapter::read_adapter_config(dir)?;
+    let mut targets: Vec<String> = saved
+        .layers
+        .keys()
+        .filter_map(|path| path.rsplit('.').next().map(str::to_string))
+        .collect();
+    targets.sort();
+    targets.dedup();
+    let layers: Vec<usize> = {
+        let mut l: Vec<usize> = saved
+            .layers
+            .keys()
+            .filter_map(|p| p.split('.').nth(2).and_then(|s| s.parse().ok()))
+            .collect();
+        l.sort();
+        l.dedup();
+        l
+    };
+    model.attach_adapters(&targets, Some(&layers), &saved.adapter, |_| {
+        crate::adapter::ProjectorInit::Zeros
+    })?;
+    crate::adapter::load_adapter(model, dir)?;
+    Ok(targets)
+}
+
+/// Mean loss of `model` over `examples` in batches (no autodiff).
+pub fn validation_loss<B: Backend>(
+    model: &Decoder<B>,
+    examples: &[TokenizedExample],
+    batch_size: usize,
+    pad_id: u32,
+) -> Result<f64> {
+    let device = model.model.embed_tokens.weight.device();
+    let (mut sum, mut tokens) = (0.0, 0usize);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let batch = lm_batch::<B>(chunk, pad_id, &device);
+        let logits = model.forward(batch.input_ids, &batch.options)?;
+        let (loss, count) = crate::train::causal_lm_loss(logits, batch.labels);
+        sum += loss.into_scalar().elem::<f64>() * count as f64;
+        tokens += count;
+    }
+    Ok(sum / tokens.max(1) as f64)
+}
+
 /// Fine-tunes the adapters of `model` (built on the inner backend, moved to autodiff here)
-/// on `examples`.
+/// on `examples`, with the validation loss on `valid` when it is not empty.
 pub fn finetune<B: AutodiffBackend>(
     model: Decoder<B::InnerBackend>,
     examples: &[TokenizedExample],
+    valid: &[TokenizedExample],
     config: &TrainConfig,
     options: &RunOptions,
     pad_id: u32,
@@ -127,6 +176,9 @@ pub fn finetune<B: AutodiffBackend>(
         linear.mark_trainable();
     }
     let model = CausalLm::<B> { decoder };
+    let mut valid_loss = |m: &CausalLm<B>| {
+        validation_loss(&m.decoder.valid(), valid, config.micro_batch_size, pad_id)
+    };
     train(
         model,
         examples,
@@ -137,7 +189,11 @@ pub fn finetune<B: AutodiffBackend>(
             let owned: Vec<TokenizedExample> = batch.iter().map(|e| (*e).clone()).collect();
             lm_batch::<B>(&owned, pad_id, device)
         },
-        None,
+        if valid.is_empty() {
+            None
+        } else {
+            Some(&mut valid_loss)
+        },
     )
 }
 

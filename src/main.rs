@@ -7,6 +7,9 @@ use burn_ipa::backend::{run_on, BackendKind};
 use burn_ipa::bench::{FitBench, ForwardBench};
 use burn_ipa::projector::{FitAlgorithm, GhaConfig};
 use clap::{Args, Parser, Subcommand};
+use cli::instruct::{AdapterArgs, DataArgs, EvalJob, FitArgs, FitJob, PromptStyleArg, TrainJob};
+
+mod cli;
 
 /// IPA: information-preserving input projections for adapting foundation models.
 ///
@@ -70,6 +73,119 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Fit IPA projectors forward-only on a fraction of the training data.
+    ///
+    /// Runs the frozen model over the first --fit-fraction of the seeded shuffle of --data
+    /// (padding excluded) and fits one projector per distinct input of the targeted linears
+    /// (q/k/v share one, gate/up share one). Writes projectors.safetensors and fit_config.json
+    /// to --out; `ipa train --projectors <out>` starts from them.
+    Fit {
+        #[command(flatten)]
+        backend: BackendArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        fit: FitArgs,
+        /// Projector rank.
+        #[arg(long, default_value_t = 32)]
+        rank: usize,
+        /// Target modules (HF names, comma-separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "q_proj,k_proj,v_proj,up_proj,down_proj"
+        )]
+        targets: Vec<String>,
+        /// Seeds the shuffle and the randomized fits.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Do not show progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Fine-tune IPA or LoRA adapters on instruction data (causal LM).
+    ///
+    /// AdamW with linear warm-up then linear decay; only adapter parameters train. Writes
+    /// train_config.json, metrics.csv (loss, learning rate, validation loss), checkpoints every
+    /// --checkpoint-every steps (adapters and optimizer state only) and the final adapter to
+    /// --out/adapter. With --resume, an interrupted run continues from its last checkpoint and
+    /// ends exactly as an uninterrupted one would.
+    Train {
+        #[command(flatten)]
+        backend: BackendArgs,
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        adapter: AdapterArgs,
+        #[command(flatten)]
+        fit: FitArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+        /// Projectors from `ipa fit` (IPA); without it the fit runs first.
+        #[arg(long)]
+        projectors: Option<PathBuf>,
+        /// Examples held out for the validation loss.
+        #[arg(long, default_value_t = 120)]
+        val_set_size: usize,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue from the latest checkpoint in --out (refused if its settings differ).
+        #[arg(long)]
+        resume: bool,
+        /// Do not show progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Evaluate on the commonsense test sets by generation.
+    ///
+    /// Generates after the LLM-Adapters evaluation prompt, takes the first answer word of the
+    /// task's format (true/false, solution1/2, answer1-5, ending1-4, option1/2) and compares
+    /// it with the reference. Writes predictions.jsonl, accuracy.json and eval_config.json.
+    Eval {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// HF model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Adapter folder written by `ipa train` (none: the base model).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Folder with <dataset>/test.json per task (LLM-Adapters' dataset/).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Tasks (comma-separated dataset names).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "boolq,piqa,social_i_qa,hellaswag,winogrande,ARC-Easy,ARC-Challenge,openbookqa"
+        )]
+        tasks: Vec<String>,
+        /// Prompt layout.
+        #[arg(long, value_enum, default_value = "llm-adapters")]
+        prompt_style: PromptStyleArg,
+        /// Beams (1: greedy; the official script uses 4).
+        #[arg(long, default_value_t = 1)]
+        num_beams: usize,
+        /// Tokens generated at most.
+        #[arg(long, default_value_t = 32)]
+        max_new_tokens: usize,
+        /// Prompts per batch (greedy decoding).
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// Evaluate only the first N examples of each task.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Do not show progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Count the trainable adapter parameters of a model from its config.json alone.
     ///
     /// Prints LoRA/IPA with the projector frozen (✗) and trained (✓), plain and with DoRA.
@@ -100,6 +216,59 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+/// Optimisation settings (defaults: LLM-Adapters' commonsense recipe).
+#[derive(Args, Debug, Clone)]
+struct TrainArgs {
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-4)]
+    learning_rate: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Epochs.
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Examples per optimizer step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Examples per forward/backward pass (gradients of batch_size/micro_batch_size passes
+    /// are accumulated).
+    #[arg(long, default_value_t = 4)]
+    micro_batch_size: usize,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 100)]
+    warmup_steps: usize,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Checkpoint every N optimizer steps (0: only at the end).
+    #[arg(long, default_value_t = 80)]
+    checkpoint_every: usize,
+    /// Validation loss every N optimizer steps (0: never).
+    #[arg(long, default_value_t = 80)]
+    valid_every: usize,
+    /// Seeds data order, dropout and the validation split.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+impl TrainArgs {
+    fn config(&self) -> burn_ipa::train::TrainConfig {
+        burn_ipa::train::TrainConfig {
+            learning_rate: self.learning_rate,
+            weight_decay: self.weight_decay,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            micro_batch_size: self.micro_batch_size,
+            warmup_steps: self.warmup_steps,
+            max_steps: self.max_steps,
+            checkpoint_every: self.checkpoint_every,
+            valid_every: self.valid_every,
+            seed: self.seed,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -180,6 +349,84 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
         quiet: false,
     });
     match command {
+        Command::Fit {
+            backend,
+            data,
+            fit,
+            rank,
+            targets,
+            seed,
+            out,
+            quiet,
+        } => run_on(
+            backend.backend,
+            backend.device,
+            FitJob {
+                data,
+                fit,
+                rank,
+                targets,
+                seed,
+                out,
+                progress: !quiet,
+            },
+        ),
+        Command::Train {
+            backend,
+            data,
+            adapter,
+            fit,
+            train,
+            projectors,
+            val_set_size,
+            out,
+            resume,
+            quiet,
+        } => run_on(
+            backend.backend,
+            backend.device,
+            TrainJob {
+                data,
+                adapter,
+                fit,
+                projectors,
+                train: train.config(),
+                val_set_size,
+                out,
+                resume,
+                progress: !quiet,
+            },
+        ),
+        Command::Eval {
+            backend,
+            model,
+            adapter,
+            data_dir,
+            tasks,
+            prompt_style,
+            num_beams,
+            max_new_tokens,
+            batch_size,
+            limit,
+            out,
+            quiet,
+        } => run_on(
+            backend.backend,
+            backend.device,
+            EvalJob {
+                model,
+                adapter,
+                data_dir,
+                tasks,
+                prompt_style,
+                num_beams,
+                max_new_tokens,
+                batch_size,
+                limit,
+                out,
+                progress: !quiet,
+            },
+        ),
         Command::Quickstart {
             backend,
             out,

@@ -78,6 +78,10 @@ pub struct QuickstartConfig {
     pub fit: FitPassConfig,
     /// Optimisation.
     pub train: TrainConfig,
+    /// Loss on the response only (the prompt's labels masked). The tiny model learns the
+    /// answers far faster this way: with the loss on the whole sequence, the one answer token
+    /// weighs little against a hundred predictable prompt tokens.
+    pub mask_prompt: bool,
     /// Tokens generated at most per answer.
     pub max_new_tokens: usize,
     /// Prompts per generation batch.
@@ -117,6 +121,7 @@ impl QuickstartConfig {
                 valid_every: 0,
                 seed: 0,
             },
+            mask_prompt: true,
             max_new_tokens: 16,
             eval_batch_size: 25,
             data_seed: 1,
@@ -238,8 +243,9 @@ pub fn run_quickstart<B: Backend>(
         config.test_per_task,
         config.data_seed,
     );
+    write_task_set(&out_dir.join("data"), &train_set, &test_sets)?;
     let style = PromptStyle::LlmAdapters;
-    let tokenized = tokenize_all(&tokenizer, &train_set, style, 256, false)?;
+    let tokenized = tokenize_all(&tokenizer, &train_set, style, 256, config.mask_prompt)?;
     crate::instruct::check_vocabulary(&tokenized, base.config.vocab_size)?;
     let tokens: usize = tokenized.iter().map(|t| t.input_ids.len()).sum();
     let mut generation = GenerationConfig::greedy(&base, config.max_new_tokens);
@@ -308,7 +314,7 @@ pub fn run_quickstart<B: Backend>(
         }
         let start = Instant::now();
         let outcome =
-            finetune::<Autodiff<B>>(model, &tokenized, &config.train, &options, pad, device)?;
+            finetune::<Autodiff<B>>(model, &tokenized, &[], &config.train, &options, pad, device)?;
         let seconds = start.elapsed().as_secs_f64();
         let steps = outcome.history.len();
         // Each epoch covers every example once.
@@ -357,6 +363,32 @@ pub fn run_quickstart<B: Backend>(
         format_table(&results).as_bytes(),
     )?;
     Ok(results)
+}
+
+/// Writes a generated task set in the LLM-Adapters layout: `train.json` and
+/// `dataset/<name>/test.json`, so `ipa fit/train/eval` can be tried on it.
+pub fn write_task_set(
+    dir: &Path,
+    train: &[crate::data::instruction::InstructionExample],
+    tests: &[(
+        crate::eval::commonsense::Task,
+        Vec<crate::data::instruction::InstructionExample>,
+    )],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    write_atomic(
+        &dir.join("train.json"),
+        &serde_json::to_vec_pretty(train).expect("json"),
+    )?;
+    for (task, set) in tests {
+        let task_dir = dir.join("dataset").join(task.dataset_name());
+        std::fs::create_dir_all(&task_dir).map_err(|e| Error::file(&task_dir, e))?;
+        write_atomic(
+            &task_dir.join("test.json"),
+            &serde_json::to_vec_pretty(set).expect("json"),
+        )?;
+    }
+    Ok(())
 }
 
 /// The results as a Markdown table.

@@ -1,0 +1,3 @@
+//! The `ipa` subcommands beyond the small ones in `main.rs`.
+
+pub mod instruct;
