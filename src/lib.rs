@@ -21,6 +21,7 @@ pub mod bench;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod fit;
 pub mod instruct;
 pub mod models;
