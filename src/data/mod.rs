@@ -1,4 +1,5 @@
 //! Datasets: instruction-tuning JSON in the LLM-Adapters format (commonsense-170k and its
-//! eight test sets).
+//! eight test sets), and VTAB-1k image classification.
 
 pub mod instruction;
+pub mod vtab;
