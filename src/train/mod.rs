@@ -16,4 +16,6 @@ pub use siglip_classification::{
     class_prompt, class_prompt_ids, classification_loss, evaluate_vtab, ClassificationStep,
     SiglipClassifier,
 };
-pub use trainer::{epoch_order, train, RunOptions, TrainConfig, TrainOutcome};
+pub use trainer::{
+    epoch_order, train, train_with_hook, BeforeMicroBatch, RunOptions, TrainConfig, TrainOutcome,
+};

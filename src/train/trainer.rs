@@ -164,6 +164,30 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 /// model with a frozen base and trainable adapters.
 #[allow(clippy::too_many_arguments)]
 pub fn train<B, M, I>(
+    model: M,
+    items: &[I],
+    config: &TrainConfig,
+    options: &RunOptions,
+    device: &B::Device,
+    batch: impl Fn(&[&I]) -> M::Input,
+    valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
+) -> Result<TrainOutcome<M>>
+where
+    B: AutodiffBackend,
+    M: TrainStep + AutodiffModule<B> + ModuleSnapshot<B>,
+    M::Output: StepOutput,
+{
+    train_with_hook(model, items, config, options, device, batch, valid, None)
+}
+
+/// Called before each micro-batch's forward pass with the model, the micro-batch's
+/// examples and the optimizer step about to be taken (0-based); it may change the model
+/// (online projector fits update the projectors here).
+pub type BeforeMicroBatch<'a, M, I> = dyn FnMut(&mut M, &[&I], usize) -> Result<()> + 'a;
+
+/// [`train`] with a hook run before every micro-batch.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with_hook<B, M, I>(
     mut model: M,
     items: &[I],
     config: &TrainConfig,
@@ -171,6 +195,7 @@ pub fn train<B, M, I>(
     device: &B::Device,
     batch: impl Fn(&[&I]) -> M::Input,
     mut valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
+    mut before_micro_batch: Option<&mut BeforeMicroBatch<'_, M, I>>,
 ) -> Result<TrainOutcome<M>>
 where
     B: AutodiffBackend,
@@ -251,6 +276,9 @@ where
                         .wrapping_mul(0xA24B_AED4_963E_E407),
             );
             let examples: Vec<&I> = chunk.iter().map(|&i| &items[i]).collect();
+            if let Some(hook) = before_micro_batch.as_deref_mut() {
+                hook(&mut model, &examples, step)?;
+            }
             let output = model.step(batch(&examples));
             let item = output.item;
             if !item.loss().is_finite() {
