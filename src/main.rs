@@ -186,6 +186,51 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Fold an adapter into the base weights and write a full HF checkpoint.
+    ///
+    /// The output has the source's file names, shards, tensor names and dtypes (or all f32
+    /// with --f32), plus its config and tokenizer files: HF transformers and `ipa` load it as
+    /// a plain model.
+    Merge {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// HF model folder the adapter was trained on.
+        #[arg(long)]
+        model: PathBuf,
+        /// Adapter folder written by `ipa train`.
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Write every weight in f32 instead of the source dtype.
+        #[arg(long)]
+        f32: bool,
+        /// Output folder (not the model folder).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Export an adapter for other tools.
+    ///
+    /// `--format peft` writes adapter_config.json and adapter_model.safetensors that HF peft
+    /// loads as a LoRA (or DoRA) adapter: IPA is LoRA-shaped, P becomes lora_A and B lora_B,
+    /// and the scaling is folded into lora_alpha.
+    Export {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "peft")]
+        format: ExportFormat,
+        /// HF model folder the adapter was trained on.
+        #[arg(long)]
+        model: PathBuf,
+        /// Adapter folder written by `ipa train`.
+        #[arg(long)]
+        adapter: PathBuf,
+        /// `base_model_name_or_path` to record (default: the --model path).
+        #[arg(long)]
+        base_model_name: Option<String>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Count the trainable adapter parameters of a model from its config.json alone.
     ///
     /// Prints LoRA/IPA with the projector frozen (✗) and trained (✓), plain and with DoRA.
@@ -216,6 +261,13 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+/// Adapter export formats.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ExportFormat {
+    /// HF peft LoRA adapter.
+    Peft,
 }
 
 /// Optimisation settings (defaults: LLM-Adapters' commonsense recipe).
@@ -425,6 +477,39 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
                 limit,
                 out,
                 progress: !quiet,
+            },
+        ),
+        Command::Merge {
+            backend,
+            model,
+            adapter,
+            f32,
+            out,
+        } => run_on(
+            backend.backend,
+            backend.device,
+            cli::export::MergeJob {
+                model,
+                adapter,
+                f32,
+                out,
+            },
+        ),
+        Command::Export {
+            backend,
+            format: ExportFormat::Peft,
+            model,
+            adapter,
+            base_model_name,
+            out,
+        } => run_on(
+            backend.backend,
+            backend.device,
+            cli::export::ExportPeftJob {
+                model,
+                adapter,
+                base_model_name,
+                out,
             },
         ),
         Command::Quickstart {
