@@ -25,6 +25,7 @@ pub mod export;
 pub mod fit;
 pub mod instruct;
 pub mod models;
+pub mod online;
 pub mod projector;
 pub mod quickstart;
 pub mod train;
