@@ -91,7 +91,7 @@ pub struct QuickstartConfig {
 }
 
 impl QuickstartConfig {
-    /// The full quickstart (about two minutes on two CPU cores in a release build).
+    /// The full quickstart (about a minute on two CPU cores in a release build).
     pub fn full() -> Self {
         Self {
             base: None,
@@ -110,9 +110,9 @@ impl QuickstartConfig {
                 seed: 0,
             },
             train: TrainConfig {
-                learning_rate: 3e-3,
+                learning_rate: 5e-3,
                 weight_decay: 0.0,
-                epochs: 1,
+                epochs: 3,
                 batch_size: 16,
                 micro_batch_size: 16,
                 warmup_steps: 5,
@@ -136,6 +136,7 @@ impl QuickstartConfig {
         c.rank = 4;
         c.fit.rank = 4;
         c.fit.fraction = 0.5;
+        c.train.epochs = 1;
         c.train.batch_size = 8;
         c.train.micro_batch_size = 4;
         c.train.warmup_steps = 1;

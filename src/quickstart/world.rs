@@ -62,8 +62,13 @@ fn example(instruction: String, answer: &str) -> InstructionExample {
     }
 }
 
+/// Seeds the option orders and wordings of the world's questions: they are part of the
+/// world, the same whatever the data seed (which only splits and shuffles them).
+const QUESTION_SEED: u64 = 0x1BA;
+
 /// Every distinct question of `task`, in a fixed order.
-fn all_questions(task: Task, rng: &mut StdRng) -> Vec<InstructionExample> {
+fn all_questions(task: Task) -> Vec<InstructionExample> {
+    let rng = &mut StdRng::seed_from_u64(QUESTION_SEED + task as u64);
     let mut out = Vec::new();
     match task {
         Task::BoolQ => {
@@ -166,7 +171,7 @@ pub fn task_set(
     let mut train = Vec::new();
     let mut test = Vec::new();
     for task in TASKS {
-        let mut all = all_questions(task, &mut rng);
+        let mut all = all_questions(task);
         all.shuffle(&mut rng);
         let test_n = test_per_task.min(all.len() / 2);
         let rest = all.split_off(test_n);
@@ -194,6 +199,8 @@ pub fn pretraining_corpus(seed: u64) -> Vec<String> {
                     "question : is the {b} bigger than the {a} ? no , it is not ."
                 ));
                 s.push(format!("is the {a} bigger than the {b} ? true ."));
+                s.push(format!("is the {b} bigger than the {a} ? false ."));
+                s.push(format!("is the {b} smaller than the {a} ? true ."));
                 s.push(format!("is the {a} smaller than the {b} ? false ."));
             }
         }
