@@ -123,6 +123,8 @@ enum Command {
         #[command(flatten)]
         fit: FitArgs,
         #[command(flatten)]
+        fit_mode: cli::instruct::FitModeArgs,
+        #[command(flatten)]
         train: TrainArgs,
         /// Projectors from `ipa fit` (IPA); without it the fit runs first.
         #[arg(long)]
@@ -428,6 +430,7 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
             data,
             adapter,
             fit,
+            fit_mode,
             train,
             projectors,
             val_set_size,
@@ -441,6 +444,7 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
                 data,
                 adapter,
                 fit,
+                fit_mode,
                 projectors,
                 train: train.config(),
                 val_set_size,

@@ -77,6 +77,32 @@ pub struct FitArgs {
     pub fit_batch_size: usize,
 }
 
+/// When IPA's projectors are fitted (`ipa train`).
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct FitModeArgs {
+    /// `pre`: fit once before training, adapters disabled (the official pre_ipca/pre_gha);
+    /// `online`: update the projectors from the inputs of the training forward passes
+    /// (online_ipca/online_gha).
+    #[arg(long, value_enum, default_value = "pre")]
+    pub fit_mode: FitMode,
+    /// Online: replace the projectors every N micro-batches.
+    #[arg(long, default_value_t = 1)]
+    pub online_update_every: usize,
+    /// Online: stop fitting after N optimizer steps (projectors fixed afterwards; needed for
+    /// --resume to be exact).
+    #[arg(long)]
+    pub online_stop_after: Option<usize>,
+}
+
+/// Projector fit schedules.
+#[derive(Clone, Copy, Debug, ValueEnum, Serialize, PartialEq)]
+pub enum FitMode {
+    /// Before training.
+    Pre,
+    /// During training.
+    Online,
+}
+
 /// Adapter settings.
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct AdapterArgs {
@@ -210,6 +236,7 @@ pub struct TrainJob {
     pub data: DataArgs,
     pub adapter: AdapterArgs,
     pub fit: FitArgs,
+    pub fit_mode: FitModeArgs,
     /// Fitted projectors from `ipa fit` (IPA); fitted now when absent.
     pub projectors: Option<PathBuf>,
     pub train: TrainConfig,
@@ -249,7 +276,21 @@ impl BackendJob for TrainJob {
         check_vocabulary(&valid_tok, model.config.vocab_size)?;
         let pad = pad_of(&tokenizer);
 
+        let online = self.fit_mode.fit_mode == FitMode::Online;
+        if online && (self.adapter.method != MethodArg::Ipa || self.projectors.is_some()) {
+            return Err(Error::Config(
+                "--fit-mode online fits IPA projectors during training: use it with --method ipa \
+                 and without --projectors"
+                    .into(),
+            ));
+        }
         match self.adapter.method {
+            MethodArg::Ipa if online => {
+                // Placeholder projectors; the online fit writes the real ones.
+                model.attach_adapters(&self.adapter.targets, None, &adapter, |_| {
+                    ProjectorInit::Zeros
+                })?;
+            }
             MethodArg::Lora => {
                 model.attach_adapters(&self.adapter.targets, None, &adapter, |_| {
                     ProjectorInit::KaimingUniform
