@@ -29,5 +29,6 @@ pub mod online;
 pub mod projector;
 pub mod quickstart;
 pub mod train;
+pub mod vtab;
 
 pub use error::{Error, Result};

@@ -1,0 +1,1006 @@
+//! The VTAB-1k pipeline of the paper's vision experiments, as library calls: SigLIP-2 classifies
+//! an image by its image-to-text logits against the prompts "a photo of a {class}", adapters
+//! sit on the vision tower's q and v projections (r = 8, dropout 0.1), training runs on the
+//! 1000 images of `train800val200` (batch 64, 100 epochs) and the test accuracy is measured
+//! every 10 epochs, the best being reported.
+//!
+//! * [`SiglipFit`]: the forward-only fit pass over the frozen vision tower: one projector
+//!   estimator per distinct input of the targeted linears (q/k/v share the attention input),
+//!   installed as IPA adapters with [`SiglipFit::install`];
+//! * [`VtabRunConfig`] and [`run_vtab`]: load the model, tokenizer and splits, fit (IPA) or
+//!   draw (LoRA) the projectors, train with the crate's loop ([`crate::train::train`]) one
+//!   evaluation interval at a time, evaluate, and keep the best adapter. The output folder
+//!   holds `vtab_config.json`, `metrics.csv` (one line per optimizer step), `eval.csv` and
+//!   `report.json` (one entry per evaluation, with the best), `best_adapter/` and the loop's
+//!   `checkpoints/`.
+//!
+//! Training by intervals is exact: each interval is a call of the loop with `max_steps` at
+//! the interval's end that resumes from the checkpoint the previous call left, and the loop's
+//! resume reproduces an uninterrupted run (same data order, dropout masks, schedule and
+//! optimizer state). The same mechanism resumes an interrupted run
+//! ([`VtabRunOptions::resume`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::backend::Autodiff;
+use burn::data::dataloader::batcher::Batcher;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::{
+    load_adapter, read_adapter_config, save_adapter, write_atomic, AdapterConfig, AdapterMethod,
+    ProjectorInit, Scaling,
+};
+use crate::data::vtab::{VtabBatcher, VtabDataset, VtabImage, VtabSplit};
+use crate::instruct::{progress_bar, FitPassConfig};
+use crate::models::siglip::{load_siglip, SiglipModel, SiglipSite};
+use crate::models::tokenizer::Tokenizer;
+use crate::projector::{FitAlgorithm, FittedProjector, ProjectorFit};
+use crate::train::{
+    class_prompt_ids, epoch_order, evaluate_vtab, latest_checkpoint, train, RunOptions,
+    SiglipClassifier, StepRecord, TrainConfig,
+};
+use crate::{Error, Result};
+
+// ---------------------------------------------------------------------------------------------
+// Vision targets
+// ---------------------------------------------------------------------------------------------
+
+/// The linears of a SigLIP encoder layer that adapters may target (HF names).
+pub const VISION_TARGETS: [&str; 6] = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"];
+
+/// The input a SigLIP vision linear reads, for the fit pass: q/k/v read the attention input,
+/// fc1 the MLP input. `out_proj` and `fc2` read inputs the tapping forward does not report, so
+/// they cannot get fitted projectors (LoRA may still target them).
+pub fn siglip_site_of(target: &str) -> Result<SiglipSite> {
+    match target {
+        "q_proj" | "k_proj" | "v_proj" => Ok(SiglipSite::Attention),
+        "fc1" => Ok(SiglipSite::Mlp),
+        "out_proj" | "fc2" => Err(Error::Config(format!(
+            "`{target}` reads an input the SigLIP fit pass does not tap; fitted (IPA) \
+             projectors are for q_proj, k_proj, v_proj and fc1"
+        ))),
+        other => Err(unknown_target(other)),
+    }
+}
+
+fn unknown_target(target: &str) -> Error {
+    Error::Config(format!(
+        "unknown SigLIP vision target `{target}` (expected some of {})",
+        VISION_TARGETS.join(", ")
+    ))
+}
+
+/// Checks that every target names a linear of a SigLIP encoder layer and that there is one.
+fn check_targets(targets: &[String]) -> Result<()> {
+    if targets.is_empty() {
+        return Err(Error::Config("no target modules given".into()));
+    }
+    match targets
+        .iter()
+        .find(|t| !VISION_TARGETS.contains(&t.as_str()))
+    {
+        Some(t) => Err(unknown_target(t)),
+        None => Ok(()),
+    }
+}
+
+/// `(layer, target name)` of a vision encoder linear's path
+/// (`vision_model.encoder.layers.3.self_attn.q_proj` → `(3, "q_proj")`).
+fn vision_layer_target(path: &str) -> Option<(usize, &str)> {
+    let rest = path.strip_prefix("vision_model.encoder.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    Some((layer.parse().ok()?, rest.rsplit('.').next()?))
+}
+
+/// Attaches adapters to the vision encoder's `targets` (in every layer or only `layers`);
+/// `init` gives each projector from its path. Returns the adapted paths.
+pub fn attach_vision_adapters<B: Backend>(
+    model: &mut SiglipModel<B>,
+    targets: &[String],
+    layers: Option<&[usize]>,
+    adapter: &AdapterConfig,
+    init: impl FnMut(&str) -> ProjectorInit<B>,
+) -> Result<Vec<String>> {
+    check_targets(targets)?;
+    check_layers(model, layers)?;
+    let adapted = model.attach_adapters(
+        |path| {
+            vision_layer_target(path).is_some_and(|(layer, name)| {
+                targets.iter().any(|t| t == name) && layers.is_none_or(|l| l.contains(&layer))
+            })
+        },
+        adapter,
+        init,
+    )?;
+    if adapted.is_empty() {
+        return Err(Error::Config(format!(
+            "no vision linear matches the targets {}",
+            targets.join(",")
+        )));
+    }
+    Ok(adapted)
+}
+
+fn check_layers<B: Backend>(model: &SiglipModel<B>, layers: Option<&[usize]>) -> Result<()> {
+    let n = model.vision_model.config.num_hidden_layers;
+    match layers.and_then(|l| l.iter().find(|&&i| i >= n)) {
+        Some(i) => Err(Error::Config(format!(
+            "layer {i} is outside the vision tower's {n} layers"
+        ))),
+        None => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fit pass
+// ---------------------------------------------------------------------------------------------
+
+/// A distinct input of the vision encoder: a layer and which of its inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VisionSite {
+    /// The encoder layer.
+    pub layer: usize,
+    /// The attention input (q/k/v) or the MLP input (fc1).
+    pub site: SiglipSite,
+}
+
+/// One projector estimator per distinct input of the targeted vision linears, fed by the
+/// frozen vision tower ([`SiglipFit::observe`]); every patch of every image is a row.
+pub struct SiglipFit<B: Backend> {
+    estimators: BTreeMap<VisionSite, Box<dyn ProjectorFit<B>>>,
+    targets: Vec<String>,
+    layers: Option<Vec<usize>>,
+    batches: usize,
+}
+
+impl<B: Backend> SiglipFit<B> {
+    /// Estimators of rank `rank` for `targets` (HF names: q_proj, k_proj, v_proj, fc1) of the
+    /// vision encoder, in all layers or only `layers`. The estimator of layer `i`'s site `s`
+    /// is seeded with `seed + 1000 i + s` (as [`crate::fit::DecoderFit`] does).
+    pub fn new(
+        model: &SiglipModel<B>,
+        targets: &[String],
+        layers: Option<&[usize]>,
+        algorithm: &FitAlgorithm,
+        rank: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        check_targets(targets)?;
+        check_layers(model, layers)?;
+        let c = &model.vision_model.config;
+        let device = model.logit_scale.val().device();
+        let mut estimators = BTreeMap::new();
+        for layer in 0..c.num_hidden_layers {
+            if layers.is_some_and(|l| !l.contains(&layer)) {
+                continue;
+            }
+            for target in targets {
+                let key = VisionSite {
+                    layer,
+                    site: siglip_site_of(target)?,
+                };
+                if let std::collections::btree_map::Entry::Vacant(slot) = estimators.entry(key) {
+                    let seed = seed.wrapping_add(1000 * layer as u64 + key.site as u64);
+                    // Both inputs are hidden states of width `hidden_size`.
+                    slot.insert(algorithm.build::<B>(c.hidden_size, rank, seed, &device)?);
+                }
+            }
+        }
+        Ok(Self {
+            estimators,
+            targets: targets.to_vec(),
+            layers: layers.map(<[usize]>::to_vec),
+            batches: 0,
+        })
+    }
+
+    /// Runs the vision tower on pixels `[batch, 3, H, W]` and updates every estimator with the
+    /// inputs of its site (every patch of every image). Run it before any adapter is trained
+    /// (or with adapters disabled), so the statistics are those of the base model.
+    pub fn observe(&mut self, model: &SiglipModel<B>, pixels: Tensor<B, 4>) -> Result<()> {
+        let mut first_error: Option<Error> = None;
+        let estimators = &mut self.estimators;
+        model.vision_model.forward_tap(
+            pixels,
+            &mut |layer: usize, site: SiglipSite, rows: Tensor<B, 2>| {
+                if first_error.is_some() {
+                    return;
+                }
+                if let Some(estimator) = estimators.get_mut(&VisionSite { layer, site }) {
+                    if let Err(e) = estimator.update(rows, None) {
+                        first_error =
+                            Some(Error::Fit(format!("vision layer {layer} {site:?}: {e}")));
+                    }
+                }
+            },
+        )?;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        self.batches += 1;
+        Ok(())
+    }
+
+    /// Batches observed.
+    pub fn batches(&self) -> usize {
+        self.batches
+    }
+
+    /// Rows (patches) seen by the estimators (the same for every site).
+    pub fn rows_seen(&self) -> usize {
+        self.estimators
+            .values()
+            .next()
+            .map(|e| e.rows_seen())
+            .unwrap_or(0)
+    }
+
+    /// The sites with an estimator.
+    pub fn sites(&self) -> Vec<VisionSite> {
+        self.estimators.keys().copied().collect()
+    }
+
+    /// The fitted projector of every site.
+    pub fn finish(&self) -> Result<BTreeMap<VisionSite, FittedProjector<B>>> {
+        self.estimators
+            .iter()
+            .map(|(key, e)| {
+                e.finish().map(|f| (*key, f)).map_err(|err| {
+                    Error::Fit(format!("vision layer {} {:?}: {err}", key.layer, key.site))
+                })
+            })
+            .collect()
+    }
+
+    /// Attaches IPA adapters (`ProjectorInit::Fitted`) with the fitted projectors to the
+    /// targeted vision linears. Returns the adapted paths.
+    pub fn install(
+        &self,
+        model: &mut SiglipModel<B>,
+        adapter: &AdapterConfig,
+    ) -> Result<Vec<String>> {
+        let projectors = self
+            .finish()?
+            .into_iter()
+            .map(|(key, f)| (key, f.components))
+            .collect();
+        install_vision_projectors(
+            model,
+            &self.targets,
+            self.layers.as_deref(),
+            adapter,
+            &projectors,
+        )
+    }
+
+    /// The targets this fit serves.
+    pub fn targets(&self) -> &[String] {
+        &self.targets
+    }
+}
+
+/// Attaches IPA adapters to the vision encoder's `targets` (in all layers or `layers`) with
+/// the projector (`[r, d]`) of each one's site; a target without a projector is an error
+/// naming it.
+pub fn install_vision_projectors<B: Backend>(
+    model: &mut SiglipModel<B>,
+    targets: &[String],
+    layers: Option<&[usize]>,
+    adapter: &AdapterConfig,
+    projectors: &BTreeMap<VisionSite, Tensor<B, 2>>,
+) -> Result<Vec<String>> {
+    if adapter.method != AdapterMethod::Ipa {
+        return Err(Error::Config(
+            "fitted projectors are for IPA adapters (method ipa)".into(),
+        ));
+    }
+    for target in targets {
+        siglip_site_of(target)?;
+    }
+    let mut missing = None;
+    let adapted = attach_vision_adapters(model, targets, layers, adapter, |path| {
+        let projector = vision_layer_target(path).and_then(|(layer, name)| {
+            let site = siglip_site_of(name).ok()?;
+            projectors.get(&VisionSite { layer, site })
+        });
+        match projector {
+            Some(p) => ProjectorInit::Fitted(p.clone()),
+            None => {
+                missing.get_or_insert_with(|| path.to_string());
+                ProjectorInit::Zeros
+            }
+        }
+    })?;
+    if let Some(path) = missing {
+        return Err(Error::Fit(format!("no fitted projector for {path}")));
+    }
+    Ok(adapted)
+}
+
+/// The fit pass over images: runs the frozen vision tower (no adapters, no autodiff) over the
+/// first `config.fraction` of the seeded order of `images` (the order of the training loop's
+/// first epoch with the same seed), `config.batch_size` images per forward, and fits one
+/// projector per distinct input of `targets`.
+pub fn siglip_fit_pass<B: Backend>(
+    model: &SiglipModel<B>,
+    images: &[VtabImage],
+    targets: &[String],
+    config: &FitPassConfig,
+    progress: bool,
+) -> Result<SiglipFit<B>> {
+    if !(config.fraction > 0.0 && config.fraction <= 1.0) {
+        return Err(Error::Config(format!(
+            "fit fraction must be in (0, 1], got {}",
+            config.fraction
+        )));
+    }
+    if config.batch_size == 0 {
+        return Err(Error::Config("fit batch size must be at least 1".into()));
+    }
+    if images.is_empty() {
+        return Err(Error::Config("the fit pass has no images".into()));
+    }
+    let algorithm = FitAlgorithm::from_name(&config.algorithm)?;
+    let mut fit = SiglipFit::new(model, targets, None, &algorithm, config.rank, config.seed)?;
+    let order = epoch_order(images.len(), config.seed, 0);
+    let take = fit_count(images.len(), config.fraction);
+    let device = model.logit_scale.val().device();
+    let bar = progress_bar(progress, take.div_ceil(config.batch_size), "fit");
+    for chunk in order[..take].chunks(config.batch_size) {
+        let batch: Vec<VtabImage> = chunk.iter().map(|&i| images[i].clone()).collect();
+        let batch = Batcher::<B, _, _>::batch(&VtabBatcher, batch, &device);
+        fit.observe(model, batch.pixels)?;
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish();
+    }
+    Ok(fit)
+}
+
+/// Images a fit over `fraction` of `n` reads: `ceil(n · fraction)`, at least one.
+pub fn fit_count(n: usize, fraction: f64) -> usize {
+    ((n as f64 * fraction).ceil() as usize).clamp(1, n.max(1))
+}
+
+/// Attaches the adapters of a saved adapter folder (written by [`run_vtab`] or
+/// [`crate::adapter::save_adapter`] from a [`SiglipModel`]) to `model` and loads their
+/// weights. Returns the adapted paths.
+pub fn attach_saved_siglip_adapter<B: Backend>(
+    model: &mut SiglipModel<B>,
+    dir: &Path,
+) -> Result<Vec<String>> {
+    let saved = read_adapter_config(dir)?;
+    let wanted: BTreeSet<String> = saved.layers.keys().cloned().collect();
+    let adapted = model.attach_adapters(
+        |path| wanted.contains(path),
+        &saved.adapter,
+        |_| ProjectorInit::Zeros,
+    )?;
+    if let Some(path) = wanted.iter().find(|p| !adapted.contains(p)) {
+        return Err(Error::file(
+            dir,
+            format!("the adapter is for `{path}`, which the model does not have"),
+        ));
+    }
+    load_adapter(model, dir)?;
+    Ok(adapted)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------------------------
+
+/// Settings of a VTAB-1k run (the paper's protocol where the design notes give it).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VtabRunConfig {
+    /// The task, named like its folder under the data root (`cifar100`, `dtd`, ...).
+    pub task: String,
+    /// The split trained on (`train800val200`: the 1000 training images).
+    #[serde(with = "split_name")]
+    pub train_split: VtabSplit,
+    /// The split evaluated (`test`).
+    #[serde(with = "split_name")]
+    pub eval_split: VtabSplit,
+    /// IPA (fitted projector) or LoRA (random projector).
+    pub method: AdapterMethod,
+    /// Adapter rank `r` (8).
+    pub rank: usize,
+    /// LoRA-style `alpha`: the update is scaled by `alpha / r`. `None`: IPA's factor 0.5
+    /// (the paper's for SigLIP-2), LoRA's `alpha = 2r`.
+    pub alpha: Option<f64>,
+    /// Dropout on the adapter input (0.1).
+    pub dropout: f64,
+    /// Whether the projector trains. `None`: LoRA's does, IPA's stays frozen.
+    pub train_projector: Option<bool>,
+    /// Vision linears to adapt, in every encoder layer (`q_proj`, `v_proj`).
+    pub targets: Vec<String>,
+    /// Fit algorithm (IPA): `ipca`, `rsvd`, `gha` or `covariance`.
+    pub fit_algorithm: String,
+    /// Fraction of the training images the fit reads (1.0: all 1000).
+    pub fit_fraction: f64,
+    /// Images per fit forward pass.
+    pub fit_batch_size: usize,
+    /// Optimisation (batch 64, 100 epochs; `valid_every` is unused, `max_steps` caps the run).
+    pub train: TrainConfig,
+    /// Evaluate every this many epochs (10), and after the last step; 0: only at the end.
+    pub eval_every: usize,
+    /// Images per evaluation forward pass.
+    pub eval_batch_size: usize,
+    /// Tokens per class prompt, padded (64 for SigLIP-2).
+    pub text_len: usize,
+    /// Folder with the tokenizer (`tokenizer.json`); `None`: the model folder.
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl VtabRunConfig {
+    /// The protocol's settings for `task`: IPA on the vision q and v projections, r = 8,
+    /// dropout 0.1, fit on every training image, batch 64, 100 epochs, test accuracy every
+    /// 10 epochs, prompts of 64 tokens. The optimiser settings the design notes do not fix
+    /// (learning rate 1e-3, weight decay 1e-4, 10 warm-up epochs of 1000 images, then linear
+    /// decay) follow common VTAB-1k adapter recipes.
+    pub fn new(task: impl Into<String>) -> Self {
+        Self {
+            task: task.into(),
+            train_split: VtabSplit::Train800Val200,
+            eval_split: VtabSplit::Test,
+            method: AdapterMethod::Ipa,
+            rank: 8,
+            alpha: None,
+            dropout: 0.1,
+            train_projector: None,
+            targets: vec!["q_proj".into(), "v_proj".into()],
+            fit_algorithm: "ipca".into(),
+            fit_fraction: 1.0,
+            fit_batch_size: 16,
+            train: TrainConfig {
+                learning_rate: 1e-3,
+                weight_decay: 1e-4,
+                epochs: 100,
+                batch_size: 64,
+                micro_batch_size: 64,
+                warmup_steps: 160,
+                max_steps: None,
+                checkpoint_every: 0,
+                valid_every: 0,
+                seed: 42,
+            },
+            eval_every: 10,
+            eval_batch_size: 64,
+            text_len: 64,
+            tokenizer: None,
+        }
+    }
+
+    /// The adapter every targeted linear gets.
+    pub fn adapter(&self) -> AdapterConfig {
+        let base = match self.method {
+            AdapterMethod::Ipa => AdapterConfig::ipa(self.rank),
+            AdapterMethod::Lora => AdapterConfig::lora(self.rank),
+        };
+        let scaling = match (self.alpha, self.method) {
+            (Some(alpha), _) => Scaling::Alpha {
+                alpha,
+                rslora: false,
+            },
+            (None, AdapterMethod::Ipa) => Scaling::Factor(0.5),
+            (None, AdapterMethod::Lora) => Scaling::Alpha {
+                alpha: 2.0 * self.rank as f64,
+                rslora: false,
+            },
+        };
+        let train_projector = self
+            .train_projector
+            .unwrap_or(self.method == AdapterMethod::Lora);
+        base.with_scaling(scaling)
+            .with_train_projector(train_projector)
+            .with_dropout(self.dropout)
+    }
+
+    /// The fit pass's settings (seeded by the training seed).
+    pub fn fit_pass(&self) -> FitPassConfig {
+        FitPassConfig {
+            algorithm: self.fit_algorithm.clone(),
+            rank: self.rank,
+            fraction: self.fit_fraction,
+            batch_size: self.fit_batch_size,
+            seed: self.train.seed,
+        }
+    }
+
+    /// Checks the settings that do not depend on the model or data.
+    pub fn validate(&self) -> Result<()> {
+        if self.task.is_empty() {
+            return Err(Error::Config("no VTAB-1k task given".into()));
+        }
+        self.train.validate()?;
+        check_targets(&self.targets)?;
+        if self.method == AdapterMethod::Ipa {
+            FitAlgorithm::from_name(&self.fit_algorithm)?;
+            for target in &self.targets {
+                siglip_site_of(target)?;
+            }
+            if !(self.fit_fraction > 0.0 && self.fit_fraction <= 1.0) {
+                return Err(Error::Config(format!(
+                    "fit_fraction must be in (0, 1], got {}",
+                    self.fit_fraction
+                )));
+            }
+            if self.fit_batch_size == 0 {
+                return Err(Error::Config("fit_batch_size must be at least 1".into()));
+            }
+        }
+        if self.rank == 0 {
+            return Err(Error::Config("rank must be at least 1".into()));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::Config(format!(
+                "dropout {} is not in [0, 1)",
+                self.dropout
+            )));
+        }
+        if self.eval_batch_size == 0 {
+            return Err(Error::Config("eval_batch_size must be at least 1".into()));
+        }
+        if self.text_len == 0 {
+            return Err(Error::Config("text_len must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The optimizer steps after which the run evaluates, for `n` training images: the end of
+    /// every `eval_every`-th epoch and the last step (steps capped by `train.max_steps`).
+    pub fn eval_steps(&self, n: usize) -> Vec<usize> {
+        let per_epoch = self.train.steps_per_epoch(n);
+        let last = self.train.run_steps(n);
+        let mut steps: Vec<usize> = if self.eval_every == 0 {
+            Vec::new()
+        } else {
+            (1..=self.train.epochs)
+                .filter(|e| e % self.eval_every == 0)
+                .map(|e| e * per_epoch)
+                .filter(|&s| s <= last)
+                .collect()
+        };
+        if steps.last() != Some(&last) {
+            steps.push(last);
+        }
+        steps
+    }
+}
+
+/// `VtabSplit` as its name in JSON.
+mod split_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::data::vtab::VtabSplit;
+
+    pub fn serialize<S: Serializer>(split: &VtabSplit, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(split.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VtabSplit, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a run does besides its settings.
+#[derive(Clone, Debug, Default)]
+pub struct VtabRunOptions {
+    /// Show progress bars, and a line per evaluation on standard error.
+    pub progress: bool,
+    /// Continue from the latest checkpoint in the output folder (with the evaluations in its
+    /// `report.json`) when there is one; the checkpoint must come from the same settings.
+    /// Without it a run starts afresh and replaces what the folder held.
+    pub resume: bool,
+    /// Token ids of the class prompts (one row per class in label order, all of one length)
+    /// instead of tokenizing "a photo of a {class}" with the tokenizer.
+    pub class_ids: Option<Vec<Vec<u32>>>,
+}
+
+/// One evaluation of the run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VtabEval {
+    /// Epochs trained (fractional when `max_steps` ends the run inside an epoch).
+    pub epoch: f64,
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// Images classified correctly.
+    pub correct: usize,
+    /// Images evaluated.
+    pub total: usize,
+    /// `correct / total`.
+    pub accuracy: f64,
+}
+
+/// What a run reports (`report.json`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VtabReport {
+    /// The task.
+    pub task: String,
+    /// The adapter method.
+    pub method: AdapterMethod,
+    /// The adapter every targeted linear got.
+    pub adapter: AdapterConfig,
+    /// The adapted linears.
+    pub adapted: Vec<String>,
+    /// Trainable parameters.
+    pub trainable_params: usize,
+    /// Classes of the task.
+    pub classes: usize,
+    /// The split trained on.
+    pub train_split: String,
+    /// Training images.
+    pub train_images: usize,
+    /// The split evaluated.
+    pub eval_split: String,
+    /// Evaluated images.
+    pub eval_images: usize,
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// Mean training loss of the last step.
+    pub final_loss: Option<f64>,
+    /// Every evaluation, in order.
+    pub evaluations: Vec<VtabEval>,
+    /// The evaluation of highest accuracy (the earliest among equals): the one whose adapter
+    /// is in `best_adapter/`.
+    pub best: Option<VtabEval>,
+}
+
+/// The settings and what they resolved to (adapter, image size, class names and prompt ids).
+pub const VTAB_CONFIG_FILE: &str = "vtab_config.json";
+/// The evaluations as CSV: `epoch,step,correct,total,accuracy,best_accuracy`.
+pub const EVAL_CSV_FILE: &str = "eval.csv";
+/// The [`VtabReport`].
+pub const REPORT_FILE: &str = "report.json";
+/// The adapter of the best evaluation.
+pub const BEST_ADAPTER_DIR: &str = "best_adapter";
+
+/// What `vtab_config.json` holds: the settings and what they resolved to.
+#[derive(Serialize)]
+struct ResolvedConfig<'a> {
+    config: &'a VtabRunConfig,
+    adapter: AdapterConfig,
+    model: &'a Path,
+    data_root: &'a Path,
+    image_size: usize,
+    class_names: &'a [String],
+    class_ids: &'a [Vec<u32>],
+}
+
+/// Runs the VTAB-1k protocol on backend `B` (trained on `Autodiff<B>`): see the module
+/// documentation. `model_dir` is a SigLIP folder (`config.json`, weights and, unless
+/// `config.tokenizer` names another folder, `tokenizer.json`); the task folder is
+/// `data_root/<task>/`. Errors on inputs name the file concerned.
+pub fn run_vtab<B: Backend>(
+    config: &VtabRunConfig,
+    model_dir: &Path,
+    data_root: &Path,
+    out_dir: &Path,
+    device: &B::Device,
+    progress: bool,
+) -> Result<VtabReport> {
+    let options = VtabRunOptions {
+        progress,
+        ..VtabRunOptions::default()
+    };
+    run_vtab_with::<B>(config, model_dir, data_root, out_dir, &options, device)
+}
+
+/// [`run_vtab`] with resume and pre-tokenized class prompts ([`VtabRunOptions`]).
+pub fn run_vtab_with<B: Backend>(
+    config: &VtabRunConfig,
+    model_dir: &Path,
+    data_root: &Path,
+    out_dir: &Path,
+    options: &VtabRunOptions,
+    device: &B::Device,
+) -> Result<VtabReport> {
+    type AB<B> = Autodiff<B>;
+    config.validate()?;
+    let adapter = config.adapter();
+    let train_set = VtabDataset::load(data_root, &config.task, config.train_split)?;
+    let eval_set = VtabDataset::load(data_root, &config.task, config.eval_split)?;
+    let classes = train_set.num_classes();
+
+    let mut model: SiglipModel<B> = load_siglip(model_dir, device)?;
+    let image_size = model.vision_model.config.image_size;
+    let class_ids = match &options.class_ids {
+        Some(ids) => ids.clone(),
+        None => {
+            let max = model.text_model.config.max_position_embeddings;
+            if config.text_len > max {
+                return Err(Error::Config(format!(
+                    "text_len {} exceeds the text tower's {max} positions",
+                    config.text_len
+                )));
+            }
+            let dir = config.tokenizer.as_deref().unwrap_or(model_dir);
+            let tokenizer = Tokenizer::from_dir(dir)?;
+            class_prompt_ids(&tokenizer, train_set.class_names(), config.text_len)?
+        }
+    };
+    if class_ids.len() != classes {
+        return Err(Error::Config(format!(
+            "{} class prompts for the {classes} classes of `{}`",
+            class_ids.len(),
+            config.task
+        )));
+    }
+
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::file(out_dir, e))?;
+    let resolved = ResolvedConfig {
+        config,
+        adapter: adapter.clone(),
+        model: model_dir,
+        data_root,
+        image_size,
+        class_names: train_set.class_names(),
+        class_ids: &class_ids,
+    };
+
+    // Everything that makes two runs the same run; `max_steps` only says where to stop.
+    let mut fingerprint = serde_json::to_value(&resolved).expect("json");
+    if let Some(train) = fingerprint
+        .get_mut("config")
+        .and_then(|c| c.get_mut("train"))
+        .and_then(|t| t.as_object_mut())
+    {
+        train.remove("max_steps");
+    }
+
+    let per_epoch = config.train.steps_per_epoch(train_set.items().len());
+    let resume_from = if options.resume {
+        latest_checkpoint(out_dir)?
+    } else {
+        None
+    };
+    let mut evaluations: Vec<VtabEval> = Vec::new();
+    let mut history: Vec<StepRecord> = Vec::new();
+    if let Some(dir) = &resume_from {
+        let state = crate::train::checkpoint::read_state(dir)?;
+        if state.fingerprint != fingerprint {
+            return Err(Error::file(
+                dir,
+                format!(
+                    "was written by a run with other settings, model, data or class prompts \
+                     (see {}); resume only the same run, or use a fresh output folder",
+                    out_dir.join(VTAB_CONFIG_FILE).display()
+                ),
+            ));
+        }
+        let reached = state.step;
+        history = state.history;
+        let report = out_dir.join(REPORT_FILE);
+        if report.is_file() {
+            evaluations = read_report(&report)?
+                .evaluations
+                .into_iter()
+                .filter(|e| e.step <= reached)
+                .map(|mut e| {
+                    // Derived again from the integers, so a resumed run reports them bit for
+                    // bit as an uninterrupted one (JSON need not round-trip every float).
+                    e.epoch = e.step as f64 / per_epoch as f64;
+                    e
+                })
+                .collect();
+        }
+    } else {
+        // A fresh run: what an earlier run left would be mistaken for this one's.
+        for name in [REPORT_FILE, EVAL_CSV_FILE] {
+            let path = out_dir.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|e| Error::file(&path, e))?;
+            }
+        }
+        let best = out_dir.join(BEST_ADAPTER_DIR);
+        if best.exists() {
+            std::fs::remove_dir_all(&best).map_err(|e| Error::file(&best, e))?;
+        }
+    }
+
+    write_json(&out_dir.join(VTAB_CONFIG_FILE), &resolved)?;
+
+    let images = train_set.preload(image_size)?;
+    let adapted = if resume_from.is_some() {
+        // The checkpoint holds every adapter tensor, the fitted projectors included.
+        attach_vision_adapters(&mut model, &config.targets, None, &adapter, |_| {
+            ProjectorInit::Zeros
+        })?
+    } else {
+        match config.method {
+            AdapterMethod::Ipa => {
+                let fit = siglip_fit_pass(
+                    &model,
+                    images.images(),
+                    &config.targets,
+                    &config.fit_pass(),
+                    options.progress,
+                )?;
+                fit.install(&mut model, &adapter)?
+            }
+            AdapterMethod::Lora => {
+                B::seed(device, config.train.seed);
+                attach_vision_adapters(&mut model, &config.targets, None, &adapter, |_| {
+                    ProjectorInit::KaimingUniform
+                })?
+            }
+        }
+    };
+    let trainable_params: usize = model
+        .linears_mut()
+        .into_iter()
+        .map(|(_, l)| l.trainable_params())
+        .sum();
+
+    let mut trained = SiglipModel::<AB<B>>::from_inner(model);
+    for (_, linear) in trained.linears_mut() {
+        linear.mark_trainable();
+    }
+    let mut classifier = SiglipClassifier::new(trained, &class_ids)?;
+
+    let n = images.images().len();
+    let mut report = VtabReport {
+        task: config.task.clone(),
+        method: config.method,
+        adapter: adapter.clone(),
+        adapted,
+        trainable_params,
+        classes,
+        train_split: config.train_split.name().into(),
+        train_images: n,
+        eval_split: config.eval_split.name().into(),
+        eval_images: eval_set.items().len(),
+        steps: 0,
+        final_loss: None,
+        best: best_of(&evaluations),
+        evaluations,
+    };
+    for (i, &target) in config.eval_steps(n).iter().enumerate() {
+        if report.evaluations.iter().any(|e| e.step == target) {
+            continue;
+        }
+        let mut chunk = config.train.clone();
+        chunk.max_steps = Some(target);
+        let run = RunOptions {
+            out_dir: Some(out_dir.to_path_buf()),
+            // Later intervals continue from the checkpoint the previous one wrote.
+            resume: resume_from.is_some() || i > 0,
+            fingerprint: fingerprint.clone(),
+            stop_after: None,
+            progress: options.progress,
+        };
+        let outcome = train::<AB<B>, _, _>(
+            classifier,
+            images.images(),
+            &chunk,
+            &run,
+            device,
+            |batch: &[&VtabImage]| {
+                let owned = batch.iter().map(|img| (*img).clone()).collect();
+                Batcher::<AB<B>, _, _>::batch(&VtabBatcher, owned, device)
+            },
+            None,
+        )?;
+        classifier = outcome.model;
+        history = outcome.history;
+
+        let frozen = classifier.valid();
+        let bar = progress_bar(
+            options.progress,
+            eval_set.items().len().div_ceil(config.eval_batch_size),
+            "eval",
+        );
+        let (correct, total) = evaluate_vtab(
+            &frozen,
+            eval_set
+                .batches::<B>(image_size, config.eval_batch_size, device)
+                .inspect(|_| {
+                    if let Some(b) = &bar {
+                        b.inc(1);
+                    }
+                }),
+        )?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let eval = VtabEval {
+            epoch: target as f64 / per_epoch as f64,
+            step: target,
+            correct,
+            total,
+            accuracy: correct as f64 / total.max(1) as f64,
+        };
+        let improved = report
+            .best
+            .as_ref()
+            .is_none_or(|b| eval.accuracy > b.accuracy);
+        if improved {
+            let metadata = BTreeMap::from([
+                ("base_model".to_string(), model_dir.display().to_string()),
+                ("task".to_string(), config.task.clone()),
+                ("step".to_string(), eval.step.to_string()),
+                ("epoch".to_string(), eval.epoch.to_string()),
+                ("accuracy".to_string(), eval.accuracy.to_string()),
+            ]);
+            save_adapter(
+                &frozen.model,
+                &adapter,
+                metadata,
+                &out_dir.join(BEST_ADAPTER_DIR),
+            )?;
+            report.best = Some(eval.clone());
+        }
+        if options.progress {
+            eprintln!(
+                "epoch {}: {} accuracy {:.2}% ({correct}/{total}){}",
+                eval.epoch,
+                config.eval_split,
+                100.0 * eval.accuracy,
+                if improved { ", best so far" } else { "" }
+            );
+        }
+        report.evaluations.push(eval);
+        report.steps = target;
+        report.final_loss = history.last().map(|r| r.loss);
+        write_eval_csv(&out_dir.join(EVAL_CSV_FILE), &report.evaluations)?;
+        write_json(&out_dir.join(REPORT_FILE), &report)?;
+    }
+    if let Some(last) = history.last() {
+        report.steps = last.step;
+        report.final_loss = Some(last.loss);
+    }
+    write_eval_csv(&out_dir.join(EVAL_CSV_FILE), &report.evaluations)?;
+    write_json(&out_dir.join(REPORT_FILE), &report)?;
+    Ok(report)
+}
+
+/// The earliest evaluation of highest accuracy.
+fn best_of(evaluations: &[VtabEval]) -> Option<VtabEval> {
+    evaluations
+        .iter()
+        .fold(None::<&VtabEval>, |best, e| match best {
+            Some(b) if b.accuracy >= e.accuracy => Some(b),
+            _ => Some(e),
+        })
+        .cloned()
+}
+
+/// Reads a `report.json` written by [`run_vtab`].
+pub fn read_report(path: &Path) -> Result<VtabReport> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    let mut report: VtabReport = serde_json::from_str(&text)
+        .map_err(|e| Error::file(path, format!("not a VTAB report: {e}")))?;
+    // `accuracy` is `correct / total` by definition: derived again, exactly.
+    for e in report.evaluations.iter_mut().chain(report.best.iter_mut()) {
+        e.accuracy = e.correct as f64 / e.total.max(1) as f64;
+    }
+    Ok(report)
+}
+
+/// Writes `eval.csv`: `epoch,step,correct,total,accuracy,best_accuracy` (the best so far).
+fn write_eval_csv(path: &Path, evaluations: &[VtabEval]) -> Result<()> {
+    let mut text = String::from("epoch,step,correct,total,accuracy,best_accuracy\n");
+    let mut best = f64::NEG_INFINITY;
+    for e in evaluations {
+        best = best.max(e.accuracy);
+        text.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            e.epoch, e.step, e.correct, e.total, e.accuracy, best
+        ));
+    }
+    write_atomic(path, text.as_bytes())
+}
+
+fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).expect("serialisable");
+    write_atomic(path, &bytes)
+}
