@@ -188,6 +188,18 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Fine-tune SigLIP on a VTAB-1k task (image–text classification with class prompts).
+    ///
+    /// Adapters on the vision tower (q_proj, v_proj by default), IPA projectors fitted on the
+    /// training images first; cross-entropy over image-to-class-prompt logits; test accuracy
+    /// every few epochs with the best adapter kept. Writes vtab_config.json, metrics.csv,
+    /// eval.csv, report.json and best_adapter/ under --out.
+    Vtab {
+        #[command(flatten)]
+        backend: BackendArgs,
+        #[command(flatten)]
+        args: cli::vtab::VtabArgs,
+    },
     /// Fold an adapter into the base weights and write a full HF checkpoint.
     ///
     /// The output has the source's file names, shards, tensor names and dtypes (or all f32
@@ -483,6 +495,7 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
                 progress: !quiet,
             },
         ),
+        Command::Vtab { backend, args } => cli::vtab::run(args, backend.backend, backend.device),
         Command::Merge {
             backend,
             model,
