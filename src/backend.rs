@@ -68,6 +68,24 @@ fn not_built(kind: BackendKind) -> Error {
     ))
 }
 
+/// A job run with bf16 as the device's default float type: weights, activations, adapters
+/// and optimizer state are created in bf16. The projector fits and the losses still compute
+/// in f32 (they cast), and checkpoints store what the model holds.
+pub struct Bf16<J>(pub J);
+
+impl<J: BackendJob> BackendJob for Bf16<J> {
+    type Output = J::Output;
+    fn run<B: Backend>(self, device: B::Device, backend_name: &str) -> Result<Self::Output> {
+        burn::tensor::backend::set_default_float_dtype::<B>(&device, burn::tensor::DType::BF16)
+            .map_err(|e| {
+                Error::Config(format!(
+                    "--bf16: the {backend_name} backend cannot default to bf16 on this device ({e:?})"
+                ))
+            })?;
+        self.0.run::<B>(device, backend_name)
+    }
+}
+
 /// Runs `job` on the chosen backend and device index (GPU ordinal; ignored on the CPU).
 #[allow(unused_variables)]
 pub fn run_on<J: BackendJob>(kind: BackendKind, device_index: usize, job: J) -> Result<J::Output> {

@@ -33,6 +33,21 @@ struct BackendArgs {
     /// GPU ordinal for wgpu/cuda.
     #[arg(long, default_value_t = 0)]
     device: usize,
+    /// Create weights, activations and adapters in bf16 (GPU backends; losses and projector
+    /// statistics still compute in f32).
+    #[arg(long)]
+    bf16: bool,
+}
+
+impl BackendArgs {
+    /// Runs `job` on the chosen backend, in bf16 if asked.
+    fn run<J: burn_ipa::backend::BackendJob>(&self, job: J) -> burn_ipa::Result<J::Output> {
+        if self.bf16 {
+            run_on(self.backend, self.device, burn_ipa::backend::Bf16(job))
+        } else {
+            run_on(self.backend, self.device, job)
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -404,6 +419,7 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
         backend: BackendArgs {
             backend: BackendKind::Ndarray,
             device: 0,
+            bf16: false,
         },
         out: PathBuf::from("runs/quickstart"),
         reduced: false,
@@ -424,19 +440,15 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
             seed,
             out,
             quiet,
-        } => run_on(
-            backend.backend,
-            backend.device,
-            FitJob {
-                data,
-                fit,
-                rank,
-                targets,
-                seed,
-                out,
-                progress: !quiet,
-            },
-        ),
+        } => backend.run(FitJob {
+            data,
+            fit,
+            rank,
+            targets,
+            seed,
+            out,
+            progress: !quiet,
+        }),
         Command::Train {
             backend,
             data,
@@ -449,22 +461,18 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
             out,
             resume,
             quiet,
-        } => run_on(
-            backend.backend,
-            backend.device,
-            TrainJob {
-                data,
-                adapter,
-                fit,
-                fit_mode,
-                projectors,
-                train: train.config(),
-                val_set_size,
-                out,
-                resume,
-                progress: !quiet,
-            },
-        ),
+        } => backend.run(TrainJob {
+            data,
+            adapter,
+            fit,
+            fit_mode,
+            projectors,
+            train: train.config(),
+            val_set_size,
+            out,
+            resume,
+            progress: !quiet,
+        }),
         Command::Eval {
             backend,
             model,
@@ -478,23 +486,19 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
             limit,
             out,
             quiet,
-        } => run_on(
-            backend.backend,
-            backend.device,
-            EvalJob {
-                model,
-                adapter,
-                data_dir,
-                tasks,
-                prompt_style,
-                num_beams,
-                max_new_tokens,
-                batch_size,
-                limit,
-                out,
-                progress: !quiet,
-            },
-        ),
+        } => backend.run(EvalJob {
+            model,
+            adapter,
+            data_dir,
+            tasks,
+            prompt_style,
+            num_beams,
+            max_new_tokens,
+            batch_size,
+            limit,
+            out,
+            progress: !quiet,
+        }),
         Command::Vtab { backend, args } => cli::vtab::run(args, backend.backend, backend.device),
         Command::Merge {
             backend,
@@ -502,16 +506,12 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
             adapter,
             f32,
             out,
-        } => run_on(
-            backend.backend,
-            backend.device,
-            cli::export::MergeJob {
-                model,
-                adapter,
-                f32,
-                out,
-            },
-        ),
+        } => backend.run(cli::export::MergeJob {
+            model,
+            adapter,
+            f32,
+            out,
+        }),
         Command::Export {
             backend,
             format: ExportFormat::Peft,
@@ -519,16 +519,12 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
             adapter,
             base_model_name,
             out,
-        } => run_on(
-            backend.backend,
-            backend.device,
-            cli::export::ExportPeftJob {
-                model,
-                adapter,
-                base_model_name,
-                out,
-            },
-        ),
+        } => backend.run(cli::export::ExportPeftJob {
+            model,
+            adapter,
+            base_model_name,
+            out,
+        }),
         Command::Quickstart {
             backend,
             out,
@@ -559,15 +555,11 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
                 config.alpha = 2.0 * r as f64;
             }
             let start = std::time::Instant::now();
-            let rows = run_on(
-                backend.backend,
-                backend.device,
-                QuickstartJob {
-                    config,
-                    out: out.clone(),
-                    progress: !quiet,
-                },
-            )?;
+            let rows = backend.run(QuickstartJob {
+                config,
+                out: out.clone(),
+                progress: !quiet,
+            })?;
             println!("{}", format_table(&rows));
             println!(
                 "quickstart took {:.1}s on {}; adapters, predictions and metrics are in {}",

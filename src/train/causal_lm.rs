@@ -4,7 +4,7 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::module::Module;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use burn::train::metric::ItemLazy;
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
@@ -80,7 +80,7 @@ pub fn lm_batch<B: Backend>(
 /// Mean next-token cross-entropy over the labelled positions, and how many there were.
 ///
 /// Position `t`'s logits predict label `t + 1`, as HF's `ForCausalLMLoss` shifts them. The
-/// log-softmax runs in the logits' dtype; the sum is over at most `batch · seq` terms.
+/// log-softmax and the sum run in f32 whatever the logits' dtype (HF upcasts too).
 pub fn causal_lm_loss<B: Backend>(
     logits: Tensor<B, 3>,
     labels: Tensor<B, 2, Int>,
@@ -94,7 +94,7 @@ pub fn causal_lm_loss<B: Backend>(
     let keep = targets.clone().not_equal_elem(IGNORE_INDEX);
     let count = keep.clone().int().sum().into_scalar().elem::<i64>() as usize;
     let safe_targets = targets.mask_fill(keep.clone().bool_not(), 0);
-    let logp = log_softmax(logits, 2)
+    let logp = log_softmax(logits.cast(FloatDType::F32), 2)
         .gather(2, safe_targets.unsqueeze_dim::<3>(2))
         .squeeze_dim::<2>(2);
     let nll = logp.mask_fill(keep.bool_not(), 0.0).sum().neg();
