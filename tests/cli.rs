@@ -1,0 +1,215 @@
+//! The `ipa` binary end to end on the quickstart's generated data: fit → train (resume of a
+//! finished run, refusal of a changed one) → eval → export → merge, and clear errors for bad
+//! input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn_ipa::quickstart::{world::task_set, write_embedded_base, write_task_set};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("burn-ipa-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `ipa` with `args`; returns (success, stdout, stderr).
+fn ipa(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ipa"))
+        .args(args)
+        .output()
+        .expect("the ipa binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let (success, stdout, stderr) = ipa(args);
+    assert!(success, "ipa {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn fit_train_eval_export_merge_with_resume_checks() {
+    let root = temp_dir("pipeline");
+    let base = root.join("base");
+    write_embedded_base(&base).unwrap();
+    let (train, tests) = task_set(10, 3, 5);
+    let data = root.join("data");
+    write_task_set(&data, &train, &tests).unwrap();
+    let train_json = data.join("train.json");
+
+    let fit = root.join("fit");
+    let stdout = ok(&[
+        "fit",
+        "--model",
+        s(&base),
+        "--data",
+        s(&train_json),
+        "--rank",
+        "4",
+        "--fit-fraction",
+        "0.5",
+        "--out",
+        s(&fit),
+        "--quiet",
+    ]);
+    assert!(stdout.contains("fitted 6 projectors of rank 4"), "{stdout}");
+    assert!(fit.join("projectors.safetensors").is_file());
+    assert!(fit.join("fit_config.json").is_file());
+
+    let run = root.join("run");
+    let train_args = |max_steps: &str| -> Vec<String> {
+        [
+            "train",
+            "--model",
+            s(&base),
+            "--data",
+            s(&train_json),
+            "--rank",
+            "4",
+            "--projectors",
+            s(&fit),
+            "--val-set-size",
+            "4",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--micro-batch-size",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--checkpoint-every",
+            "2",
+            "--valid-every",
+            "3",
+            "--learning-rate",
+            "5e-3",
+            "--out",
+            s(&run),
+            "--quiet",
+            "--resume",
+            "--max-steps",
+            max_steps,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    // An interrupted run (stopped after 4 of 18 steps), then the same command resumed.
+    let first: Vec<String> = train_args("4");
+    ok(&first.iter().map(String::as_str).collect::<Vec<_>>());
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 1 + 4);
+    // The same command again resumes from the final checkpoint: nothing left to do.
+    let again = ok(&first.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(again.contains("4 steps (0 this run)"), "{again}");
+    // --max-steps is part of the run's settings: a different value is another run.
+    let other: Vec<String> = train_args("18");
+    let (success, _, stderr) = ipa(&other.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!success && stderr.contains("max_steps"), "{stderr}");
+
+    let adapter = run.join("adapter");
+    assert!(adapter.join("adapter_model.safetensors").is_file());
+    assert!(run.join("train_config.json").is_file());
+
+    let eval = root.join("eval");
+    let stdout = ok(&[
+        "eval",
+        "--model",
+        s(&base),
+        "--adapter",
+        s(&adapter),
+        "--data-dir",
+        s(&data.join("dataset")),
+        "--tasks",
+        "boolq,piqa",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        s(&eval),
+        "--quiet",
+    ]);
+    assert!(stdout.contains("| boolq |"), "{stdout}");
+    let predictions = std::fs::read_to_string(eval.join("predictions.jsonl")).unwrap();
+    assert_eq!(predictions.lines().count(), 6);
+    assert!(eval.join("accuracy.json").is_file());
+
+    let peft = root.join("peft");
+    ok(&[
+        "export",
+        "--model",
+        s(&base),
+        "--adapter",
+        s(&adapter),
+        "--out",
+        s(&peft),
+    ]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 4);
+
+    let merged = root.join("merged");
+    ok(&[
+        "merge",
+        "--model",
+        s(&base),
+        "--adapter",
+        s(&adapter),
+        "--out",
+        s(&merged),
+    ]);
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(merged.join(file).is_file(), "{file}");
+    }
+}
+
+#[test]
+fn bad_input_is_reported_with_the_file() {
+    let root = temp_dir("bad");
+    let base = root.join("base");
+    write_embedded_base(&base).unwrap();
+    let broken = root.join("broken.json");
+    std::fs::write(&broken, r#"[{"instruction": "x", "output": 3}]"#).unwrap();
+    let (success, _, stderr) = ipa(&[
+        "fit",
+        "--model",
+        s(&base),
+        "--data",
+        s(&broken),
+        "--out",
+        s(&root.join("o")),
+    ]);
+    assert!(!success);
+    assert!(
+        stderr.contains("broken.json") && stderr.contains("output"),
+        "{stderr}"
+    );
+
+    let (success, _, stderr) = ipa(&[
+        "train",
+        "--model",
+        s(&root.join("missing")),
+        "--data",
+        s(&broken),
+        "--out",
+        s(&root.join("o")),
+    ]);
+    assert!(!success && stderr.contains("missing"), "{stderr}");
+
+    let (success, _, stderr) = ipa(&["quickstart", "--backend", "cuda", "--out", s(&root)]);
+    if !cfg!(feature = "cuda") {
+        assert!(!success && stderr.contains("--features cuda"), "{stderr}");
+    }
+}
