@@ -286,6 +286,9 @@ pub fn run_quickstart<B: Backend>(
     )?;
 
     for variant in variants(config) {
+        // LoRA's random projectors come from the backend's generator: seed it so a rerun
+        // reproduces the table.
+        B::seed(device, config.train.seed);
         let mut model = base.clone();
         if variant.fitted {
             fit.install(&mut model, &variant.adapter)?;
