@@ -334,3 +334,41 @@ fn bad_settings_are_reported_by_field() {
     .to_string();
     assert!(err.contains("empty"), "{err}");
 }
+
+#[test]
+fn a_failed_checkpoint_write_is_an_error_and_keeps_the_previous_one() {
+    let _serial = serial();
+    let items = examples(10);
+    let cfg = config();
+    let adapter = AdapterConfig::lora(2);
+    let dir = temp_dir("write-fail");
+    let options = RunOptions {
+        out_dir: Some(dir.clone()),
+        resume: true,
+        fingerprint: serde_json::json!({"run": "write-fail"}),
+        stop_after: Some(2),
+        progress: false,
+    };
+    let initial = adapted_model(&adapter);
+    let whole = run(initial.clone(), &items, &cfg, &RunOptions::default()).unwrap();
+    run(initial.clone(), &items, &cfg, &options).unwrap();
+    // Something in the way of the next checkpoint (step 4): the write fails mid-run.
+    let blocker = dir.join("checkpoints/step-4.tmp");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let options = RunOptions {
+        stop_after: None,
+        ..options
+    };
+    let err = run(adapted_model(&adapter), &items, &cfg, &options)
+        .err()
+        .expect("the checkpoint write must fail")
+        .to_string();
+    assert!(err.contains("step-4.tmp"), "{err}");
+    let latest = std::fs::read_to_string(dir.join("checkpoints/latest")).unwrap();
+    assert_eq!(latest.trim(), "step-2");
+    // Once the obstacle is gone, the run resumes from step 2 and ends as an uninterrupted one.
+    std::fs::remove_file(&blocker).unwrap();
+    let resumed = run(adapted_model(&adapter), &items, &cfg, &options).unwrap();
+    assert_eq!(resumed.resumed_from, 2);
+    assert_eq!(resumed.history, whole.history);
+}
