@@ -52,7 +52,7 @@ impl BackendArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// The whole method in about two minutes on a CPU, with no download.
+    /// The whole method in about a minute on a CPU, with no download.
     ///
     /// A tiny Llama-style base model (pretrained by this project on a generated corpus and
     /// embedded in the binary) is fine-tuned on a generated task set in the commonsense-170k
