@@ -27,8 +27,8 @@ use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 use serde_json::{json, Value};
 
 use crate::adapter::{
-    write_atomic, AdaptedLinear, AdapterConfig, AdapterMethod, ProjectorInit, Scaling,
-    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
+    decode_floats, transpose, write_atomic, AdaptedLinear, AdapterConfig, AdapterMethod,
+    ProjectorInit, Scaling, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
 };
 use crate::models::llama::Decoder;
 use crate::models::loading::{decoder_remapper, safetensors_keys, weight_files};
@@ -736,37 +736,4 @@ fn encode(values: &[f32], dtype: StDtype) -> std::result::Result<Vec<u8>, String
             .collect(),
         other => return Err(format!("cannot write a float weight as {other:?}")),
     })
-}
-
-fn decode_floats(view: &TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
-    let data = view.data();
-    Ok(match view.dtype() {
-        StDtype::F32 => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        StDtype::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        StDtype::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        StDtype::F64 => data
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-            .collect(),
-        other => return Err(format!("unsupported dtype {other:?}")),
-    })
-}
-
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; values.len()];
-    for i in 0..rows {
-        for j in 0..cols {
-            out[j * rows + i] = values[i * cols + j];
-        }
-    }
-    out
 }

@@ -279,7 +279,8 @@ pub fn load_adapter<B: Backend, M: ModuleSnapshot<B>>(
     Ok(config)
 }
 
-fn decode_floats(view: &TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
+/// The values of a float safetensors tensor (f32, f16, bf16 or f64) as f32.
+pub(crate) fn decode_floats(view: &TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
     let data = view.data();
     Ok(match view.dtype() {
         StDtype::F32 => data
@@ -302,7 +303,8 @@ fn decode_floats(view: &TensorView<'_>) -> std::result::Result<Vec<f32>, String>
     })
 }
 
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+/// A row-major `[rows, cols]` matrix transposed to `[cols, rows]`.
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; values.len()];
     for i in 0..rows {
         for j in 0..cols {

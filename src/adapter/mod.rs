@@ -9,6 +9,7 @@ mod file;
 mod linear;
 
 pub use config::{AdapterConfig, AdapterMethod, Scaling};
+pub(crate) use file::{decode_floats, transpose};
 pub use file::{
     load_adapter, read_adapter_config, save_adapter, write_atomic, AdapterFileConfig,
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
