@@ -330,7 +330,12 @@ where
                 };
                 save_checkpoint(out, &model, &optim, &state)?;
             }
-            write_metrics_csv(out, &history)?;
+            // The whole file once (it may hold a resumed run's steps), then a line a step.
+            if step == start + 1 {
+                write_metrics_csv(out, &history)?;
+            } else if let Some(last) = history.last() {
+                append_metrics_line(out, last)?;
+            }
         }
         if stopping {
             break;
@@ -346,15 +351,26 @@ where
     })
 }
 
+fn metrics_line(r: &StepRecord) -> String {
+    let valid = r.valid_loss.map(|v| v.to_string()).unwrap_or_default();
+    format!("{},{},{},{},{}\n", r.step, r.epoch, r.loss, r.lr, valid)
+}
+
+fn append_metrics_line(out_dir: &Path, record: &StepRecord) -> Result<()> {
+    use std::io::Write;
+    let path = out_dir.join("metrics.csv");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(metrics_line(record).as_bytes()))
+        .map_err(|e| Error::file(&path, e))
+}
+
 /// Writes `metrics.csv` (step, epoch, loss, lr, valid_loss) from the history.
 pub fn write_metrics_csv(out_dir: &Path, history: &[StepRecord]) -> Result<()> {
     let mut text = String::from("step,epoch,loss,lr,valid_loss\n");
     for r in history {
-        let valid = r.valid_loss.map(|v| v.to_string()).unwrap_or_default();
-        text.push_str(&format!(
-            "{},{},{},{},{}\n",
-            r.step, r.epoch, r.loss, r.lr, valid
-        ));
+        text.push_str(&metrics_line(r));
     }
     std::fs::create_dir_all(out_dir).map_err(|e| Error::file(out_dir, e))?;
     write_atomic(&out_dir.join("metrics.csv"), text.as_bytes())
