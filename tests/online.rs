@@ -3,7 +3,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
@@ -23,10 +22,6 @@ use common::*;
 type B = Autodiff<TestBackend>;
 type Inner = TestBackend;
 
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama2")
-}
-
 fn targets() -> Vec<String> {
     ["q_proj", "v_proj", "up_proj", "down_proj"]
         .iter()
@@ -35,7 +30,7 @@ fn targets() -> Vec<String> {
 }
 
 fn base() -> Decoder<Inner> {
-    load_decoder::<Inner>(&fixture_dir(), &Default::default()).unwrap()
+    load_decoder::<Inner>(&llama2_dir(), &Default::default()).unwrap()
 }
 
 /// The tiny fixture decoder with IPA adapters of `adapter` (placeholder projectors).
@@ -45,21 +40,6 @@ fn ipa_model(adapter: &AdapterConfig) -> Decoder<Inner> {
         .attach_adapters(&targets(), None, adapter, |_| ProjectorInit::Zeros)
         .unwrap();
     decoder
-}
-
-/// Sequences with a learnable pattern and ragged lengths (the batches carry padding).
-fn examples(n: usize) -> Vec<TokenizedExample> {
-    (0..n)
-        .map(|i| {
-            let len = 6 + i % 5;
-            let ids: Vec<u32> = (0..len).map(|j| ((i * 7 + j) % 50) as u32 + 3).collect();
-            let labels = ids.iter().map(|&t| t as i64).collect();
-            TokenizedExample {
-                input_ids: ids,
-                labels,
-            }
-        })
-        .collect()
 }
 
 fn config() -> TrainConfig {
@@ -75,20 +55,6 @@ fn config() -> TrainConfig {
         valid_every: 0,
         seed: 7,
     }
-}
-
-/// The backend's generator is process-wide and the loop seeds it per micro-batch: training
-/// runs in this binary must not overlap.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("burn-ipa-online-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn run(
@@ -177,7 +143,7 @@ fn max_diff(a: &[f64], b: &[f64]) -> f64 {
 #[test]
 fn with_a_frozen_up_projection_the_projectors_equal_an_offline_fit_of_the_same_micro_batches() {
     let _serial = serial();
-    let items = examples(10);
+    let items = ragged_examples(10);
     let mut cfg = config();
     // Adam moves each parameter by about the learning rate per step: B stays ≈ 0, so the
     // inputs the layers see are the base model's.
@@ -242,7 +208,7 @@ fn with_a_frozen_up_projection_the_projectors_equal_an_offline_fit_of_the_same_m
 #[test]
 fn the_loss_goes_down_with_online_projectors() {
     let _serial = serial();
-    let items = examples(8);
+    let items = ragged_examples(8);
     let mut cfg = config();
     cfg.epochs = 6;
     cfg.warmup_steps = 2;
@@ -273,7 +239,7 @@ fn the_loss_goes_down_with_online_projectors() {
 #[test]
 fn projectors_follow_the_estimate_every_update_and_freeze_after_the_stop() {
     let _serial = serial();
-    let items = examples(10);
+    let items = ragged_examples(10);
     let mut cfg = config();
     cfg.epochs = 2;
     let online = OnlineFit {
@@ -347,7 +313,7 @@ fn adapter_values(model: &CausalLm<B>) -> Vec<f32> {
 #[test]
 fn resume_is_refused_while_the_fit_runs_and_exact_after_it_stopped() {
     let _serial = serial();
-    let items = examples(10);
+    let items = ragged_examples(10);
     let mut cfg = config();
     cfg.epochs = 2;
     // A trainable projector: its optimizer state must survive the online updates.
@@ -355,7 +321,7 @@ fn resume_is_refused_while_the_fit_runs_and_exact_after_it_stopped() {
     let fingerprint = serde_json::json!({ "config": cfg });
 
     let running = OnlineFit::default();
-    let dir = temp_dir("refused");
+    let dir = temp_dir("online-refused");
     let options = RunOptions {
         out_dir: Some(dir.clone()),
         resume: true,
@@ -389,7 +355,7 @@ fn resume_is_refused_while_the_fit_runs_and_exact_after_it_stopped() {
         &stopping,
     )
     .unwrap();
-    let dir = temp_dir("resumed");
+    let dir = temp_dir("online-resumed");
     let options = RunOptions {
         out_dir: Some(dir.clone()),
         ..options
@@ -420,7 +386,7 @@ fn resume_is_refused_while_the_fit_runs_and_exact_after_it_stopped() {
 #[test]
 fn bad_settings_and_models_are_errors() {
     let _serial = serial();
-    let items = examples(4);
+    let items = ragged_examples(4);
     let cfg = config();
     let bad = |online: OnlineFit, model: Decoder<Inner>| {
         run(model, &items, &cfg, &RunOptions::default(), &online)

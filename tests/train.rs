@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::backend::Autodiff;
 use burn::optim::lr_scheduler::LrScheduler;
@@ -17,10 +17,6 @@ use common::*;
 
 type B = Autodiff<TestBackend>;
 
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama2")
-}
-
 fn targets() -> Vec<String> {
     ["q_proj", "v_proj", "up_proj", "down_proj"]
         .iter()
@@ -30,27 +26,11 @@ fn targets() -> Vec<String> {
 
 /// The tiny fixture decoder with adapters of `config` on `targets()`.
 fn adapted_model(config: &AdapterConfig) -> CausalLm<B> {
-    let mut decoder = load_decoder::<B>(&fixture_dir(), &Default::default()).unwrap();
+    let mut decoder = load_decoder::<B>(&llama2_dir(), &Default::default()).unwrap();
     decoder
         .attach_adapters(&targets(), None, config, |_| ProjectorInit::KaimingUniform)
         .unwrap();
     CausalLm { decoder }
-}
-
-/// Sequences with a learnable pattern (each next token = previous + 1 mod 50) and ragged
-/// lengths, so the batches carry padding.
-fn examples(n: usize) -> Vec<TokenizedExample> {
-    (0..n)
-        .map(|i| {
-            let len = 6 + i % 5;
-            let ids: Vec<u32> = (0..len).map(|j| ((i * 7 + j) % 50) as u32 + 3).collect();
-            let labels = ids.iter().map(|&t| t as i64).collect();
-            TokenizedExample {
-                input_ids: ids,
-                labels,
-            }
-        })
-        .collect()
 }
 
 fn config() -> TrainConfig {
@@ -66,21 +46,6 @@ fn config() -> TrainConfig {
         valid_every: 0,
         seed: 7,
     }
-}
-
-/// Dropout and initialisers draw from the backend's process-wide generator, which the loop
-/// seeds per micro-batch; tests running in parallel threads would interleave their draws, so
-/// every test here holds this lock.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("burn-ipa-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn run(
@@ -169,7 +134,7 @@ fn schedule_matches_linear_warmup_then_linear_decay() {
 #[test]
 fn a_few_steps_lower_the_loss() {
     let _serial = serial();
-    let items = examples(8);
+    let items = ragged_examples(8);
     let mut cfg = config();
     cfg.epochs = 6;
     let out = run(
@@ -188,7 +153,7 @@ fn a_few_steps_lower_the_loss() {
 #[test]
 fn resume_after_interruption_reproduces_the_uninterrupted_run() {
     let _serial = serial();
-    let items = examples(10);
+    let items = ragged_examples(10);
     let cfg = config();
     let adapter = AdapterConfig::lora(4).with_dropout(0.1);
     let fingerprint = serde_json::json!({"config": cfg, "adapter": adapter});
@@ -198,7 +163,7 @@ fn resume_after_interruption_reproduces_the_uninterrupted_run() {
     let initial = adapted_model(&adapter);
     let whole = run(initial.clone(), &items, &cfg, &RunOptions::default()).unwrap();
 
-    let dir = temp_dir("resume");
+    let dir = temp_dir("train-resume");
     let options = RunOptions {
         out_dir: Some(dir.clone()),
         resume: true,
@@ -227,9 +192,9 @@ fn resume_after_interruption_reproduces_the_uninterrupted_run() {
 #[test]
 fn resume_refuses_a_checkpoint_of_another_run() {
     let _serial = serial();
-    let items = examples(6);
+    let items = ragged_examples(6);
     let cfg = config();
-    let dir = temp_dir("other-run");
+    let dir = temp_dir("train-other-run");
     let options = |lr: f64| RunOptions {
         out_dir: Some(dir.clone()),
         resume: true,
@@ -274,7 +239,7 @@ fn checkpoint_param_paths(dir: &Path) -> Vec<String> {
 #[test]
 fn the_optimizer_holds_only_adapter_parameters() {
     let _serial = serial();
-    let items = examples(4);
+    let items = ragged_examples(4);
     let mut cfg = config();
     cfg.epochs = 1;
     for (adapter, trained) in [
@@ -288,7 +253,7 @@ fn the_optimizer_holds_only_adapter_parameters() {
             vec!["adapter.magnitude", "adapter.projector", "adapter.up"],
         ),
     ] {
-        let dir = temp_dir("scope");
+        let dir = temp_dir("train-scope");
         let options = RunOptions {
             out_dir: Some(dir.clone()),
             ..RunOptions::default()
@@ -310,7 +275,7 @@ fn the_optimizer_holds_only_adapter_parameters() {
 #[test]
 fn bad_settings_are_reported_by_field() {
     let _serial = serial();
-    let items = examples(4);
+    let items = ragged_examples(4);
     let mut cfg = config();
     cfg.micro_batch_size = 3;
     let err = run(
@@ -338,10 +303,10 @@ fn bad_settings_are_reported_by_field() {
 #[test]
 fn a_failed_checkpoint_write_is_an_error_and_keeps_the_previous_one() {
     let _serial = serial();
-    let items = examples(10);
+    let items = ragged_examples(10);
     let cfg = config();
     let adapter = AdapterConfig::lora(2);
-    let dir = temp_dir("write-fail");
+    let dir = temp_dir("train-write-fail");
     let options = RunOptions {
         out_dir: Some(dir.clone()),
         resume: true,

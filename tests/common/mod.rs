@@ -125,3 +125,40 @@ pub fn max_principal_sine(a: &[f64], b: &[f64], r: usize, d: usize) -> f64 {
     }
     lambda.sqrt()
 }
+
+/// The tiny random Llama-2 checkpoint made by `make_model_fixtures.py`.
+pub fn llama2_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama2")
+}
+
+/// Token sequences with a learnable pattern (each next token = previous + 1, mod 50) and
+/// ragged lengths, so batches carry padding.
+pub fn ragged_examples(n: usize) -> Vec<burn_ipa::data::instruction::TokenizedExample> {
+    (0..n)
+        .map(|i| {
+            let len = 6 + i % 5;
+            let ids: Vec<u32> = (0..len).map(|j| ((i * 7 + j) % 50) as u32 + 3).collect();
+            let labels = ids.iter().map(|&t| t as i64).collect();
+            burn_ipa::data::instruction::TokenizedExample {
+                input_ids: ids,
+                labels,
+            }
+        })
+        .collect()
+}
+
+/// Dropout and initialisers draw from the backend's process-wide generator, which the
+/// training loop seeds per micro-batch: tests of one binary that train hold this lock so
+/// their draws do not interleave.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fresh, empty folder in the system temp dir, unique to this process and `name`.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("burn-ipa-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
