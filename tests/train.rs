@@ -337,3 +337,35 @@ fn a_failed_checkpoint_write_is_an_error_and_keeps_the_previous_one() {
     assert_eq!(resumed.resumed_from, 2);
     assert_eq!(resumed.history, whole.history);
 }
+
+#[test]
+fn data_parallel_steps_equal_single_device_steps() {
+    let _serial = serial();
+    // Two workers on the same device: the threads, forks and gradient gathering all run, and
+    // without dropout the result must be the single-device run's, to the bit.
+    let items = ragged_examples(10);
+    let cfg = config();
+    let initial = adapted_model(&AdapterConfig::lora(4));
+    let single = run(initial.clone(), &items, &cfg, &RunOptions::default()).unwrap();
+    let device: <B as burn::tensor::backend::BackendTypes>::Device = Default::default();
+    let devices = [device.clone(), device];
+    let parallel = burn_ipa::train::train_on_devices(
+        initial,
+        &items,
+        &cfg,
+        &RunOptions::default(),
+        &devices,
+        &|batch: &[&TokenizedExample], device| {
+            let owned: Vec<TokenizedExample> = batch.iter().map(|e| (*e).clone()).collect();
+            lm_batch::<B>(&owned, 0, device)
+        },
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(parallel.history, single.history);
+    assert_eq!(
+        adapter_values(&parallel.model),
+        adapter_values(&single.model)
+    );
+}

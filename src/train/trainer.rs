@@ -188,20 +188,153 @@ pub type BeforeMicroBatch<'a, M, I> = dyn FnMut(&mut M, &[&I], usize) -> Result<
 /// [`train`] with a hook run before every micro-batch.
 #[allow(clippy::too_many_arguments)]
 pub fn train_with_hook<B, M, I>(
-    mut model: M,
+    model: M,
     items: &[I],
     config: &TrainConfig,
     options: &RunOptions,
     device: &B::Device,
     batch: impl Fn(&[&I]) -> M::Input,
-    mut valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
-    mut before_micro_batch: Option<&mut BeforeMicroBatch<'_, M, I>>,
+    valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
+    before_micro_batch: Option<&mut BeforeMicroBatch<'_, M, I>>,
 ) -> Result<TrainOutcome<M>>
 where
     B: AutodiffBackend,
     M: TrainStep + AutodiffModule<B> + ModuleSnapshot<B>,
     M::Output: StepOutput,
 {
+    let devices = [device.clone()];
+    run_loop(
+        model,
+        items,
+        config,
+        options,
+        &devices,
+        &|examples: &[&I], _: &B::Device| batch(examples),
+        valid,
+        before_micro_batch,
+        None,
+    )
+}
+
+/// Data-parallel [`train_with_hook`]: the micro-batches of each optimizer step are spread over
+/// `devices` (round-robin, one thread per device, the model forked to each), and their
+/// gradients are summed on the first device, where the optimizer runs — the scheme of
+/// burn-train's multi-device strategy. `batch` builds a micro-batch on the device it is given.
+///
+/// With dropout, draws on several devices come from generators seeded per micro-batch but may
+/// interleave between threads where a backend shares one generator, so a resumed multi-device
+/// run is exact only without dropout. Hooks run on the main thread for every micro-batch of a
+/// step before they are dispatched.
+#[allow(clippy::too_many_arguments)]
+pub fn train_on_devices<B, M, I>(
+    model: M,
+    items: &[I],
+    config: &TrainConfig,
+    options: &RunOptions,
+    devices: &[B::Device],
+    batch: &(dyn Fn(&[&I], &B::Device) -> M::Input + Sync),
+    valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
+    before_micro_batch: Option<&mut BeforeMicroBatch<'_, M, I>>,
+) -> Result<TrainOutcome<M>>
+where
+    B: AutodiffBackend,
+    M: TrainStep + AutodiffModule<B> + ModuleSnapshot<B>,
+    M::Output: StepOutput + Send,
+    I: Sync,
+{
+    if devices.is_empty() {
+        return Err(Error::Config("no device to train on".into()));
+    }
+    run_loop(
+        model,
+        items,
+        config,
+        options,
+        devices,
+        batch,
+        valid,
+        before_micro_batch,
+        Some(
+            &|model: &M, micro: &[(usize, Vec<&I>)], seed_of: &dyn Fn(usize) -> u64| {
+                parallel_micro_batches::<B, M, I>(model, micro, devices, batch, seed_of)
+            },
+        ),
+    )
+}
+
+/// Runs the forward/backward passes of one step's micro-batches (`(index, examples)`) on
+/// several devices; returns their outputs in micro-batch order.
+type ParallelSteps<'a, M, I> = dyn Fn(
+        &M,
+        &[(usize, Vec<&I>)],
+        &dyn Fn(usize) -> u64,
+    ) -> Result<Vec<burn::train::TrainOutput<<M as TrainStep>::Output>>>
+    + 'a;
+
+fn parallel_micro_batches<B, M, I>(
+    model: &M,
+    micro: &[(usize, Vec<&I>)],
+    devices: &[B::Device],
+    batch: &(dyn Fn(&[&I], &B::Device) -> M::Input + Sync),
+    seed_of: &dyn Fn(usize) -> u64,
+) -> Result<Vec<burn::train::TrainOutput<M::Output>>>
+where
+    B: AutodiffBackend,
+    M: TrainStep + AutodiffModule<B>,
+    M::Output: Send,
+    I: Sync,
+{
+    let mut outputs = Vec::with_capacity(micro.len());
+    for round in micro.chunks(devices.len()) {
+        let seeds: Vec<u64> = round.iter().map(|(m, _)| seed_of(*m)).collect();
+        let results: Vec<std::thread::Result<burn::train::TrainOutput<M::Output>>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = round
+                    .iter()
+                    .zip(devices)
+                    .zip(seeds)
+                    .map(|(((_, examples), device), seed)| {
+                        let model = model.clone();
+                        scope.spawn(move || {
+                            B::seed(device, seed);
+                            let forked = model.fork(device);
+                            forked.step(batch(examples, device))
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join()).collect()
+            });
+        for result in results {
+            let output = result
+                .map_err(|_| Error::State("a training thread on another device panicked".into()))?;
+            let grads = output.grads.to_device(&devices[0], model);
+            outputs.push(burn::train::TrainOutput {
+                grads,
+                item: output.item,
+            });
+        }
+    }
+    Ok(outputs)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_loop<B, M, I>(
+    mut model: M,
+    items: &[I],
+    config: &TrainConfig,
+    options: &RunOptions,
+    devices: &[B::Device],
+    batch: &dyn Fn(&[&I], &B::Device) -> M::Input,
+    mut valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
+    mut before_micro_batch: Option<&mut BeforeMicroBatch<'_, M, I>>,
+    parallel: Option<&ParallelSteps<'_, M, I>>,
+) -> Result<TrainOutcome<M>>
+where
+    B: AutodiffBackend,
+    M: TrainStep + AutodiffModule<B> + ModuleSnapshot<B>,
+    M::Output: StepOutput,
+{
+    let device = &devices[0];
     config.validate()?;
     if items.is_empty() {
         return Err(Error::Config("the training set is empty".into()));
@@ -263,24 +396,14 @@ where
         let end = (begin + config.batch_size).min(n);
         let mut accumulator = GradientsAccumulator::<M>::new();
         let (mut loss_sum, mut weight) = (0.0, 0usize);
-        for (micro, chunk) in order[begin..end]
-            .chunks(config.micro_batch_size)
-            .enumerate()
-        {
-            // Dropout draws depend only on (seed, step, micro-batch): a resumed run sees the
-            // same masks as an uninterrupted one.
-            B::seed(
-                device,
-                config.seed
-                    ^ ((step * config.accumulation() + micro) as u64 + 1)
-                        .wrapping_mul(0xA24B_AED4_963E_E407),
-            );
-            let examples: Vec<&I> = chunk.iter().map(|&i| &items[i]).collect();
-            if let Some(hook) = before_micro_batch.as_deref_mut() {
-                hook(&mut model, &examples, step)?;
-            }
-            let output = model.step(batch(&examples));
-            let item = output.item;
+        // Dropout draws depend only on (seed, step, micro-batch): a resumed run sees the
+        // same masks as an uninterrupted one.
+        let seed_of = |micro: usize| {
+            config.seed
+                ^ ((step * config.accumulation() + micro) as u64 + 1)
+                    .wrapping_mul(0xA24B_AED4_963E_E407)
+        };
+        let mut record = |item: &M::Output| -> Result<()> {
             if !item.loss().is_finite() {
                 return Err(Error::NonFinite(format!(
                     "training loss at step {} (epoch {epoch}) is {}",
@@ -290,7 +413,36 @@ where
             }
             loss_sum += item.loss() * item.items() as f64;
             weight += item.items();
-            accumulator.accumulate(&model, output.grads);
+            Ok(())
+        };
+        let micro: Vec<(usize, Vec<&I>)> = order[begin..end]
+            .chunks(config.micro_batch_size)
+            .map(|chunk| chunk.iter().map(|&i| &items[i]).collect())
+            .enumerate()
+            .collect();
+        match parallel.filter(|_| devices.len() > 1) {
+            None => {
+                for (m, examples) in &micro {
+                    B::seed(device, seed_of(*m));
+                    if let Some(hook) = before_micro_batch.as_deref_mut() {
+                        hook(&mut model, examples, step)?;
+                    }
+                    let output = model.step(batch(examples, device));
+                    record(&output.item)?;
+                    accumulator.accumulate(&model, output.grads);
+                }
+            }
+            Some(parallel) => {
+                if let Some(hook) = before_micro_batch.as_deref_mut() {
+                    for (_, examples) in &micro {
+                        hook(&mut model, examples, step)?;
+                    }
+                }
+                for output in parallel(&model, &micro, &seed_of)? {
+                    record(&output.item)?;
+                    accumulator.accumulate(&model, output.grads);
+                }
+            }
         }
         let lr = schedule.step();
         model = optim.step(lr, model, accumulator.grads());
