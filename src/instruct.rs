@@ -161,7 +161,9 @@ pub fn validation_loss<B: Backend>(
 }
 
 /// Fine-tunes the adapters of `model` (built on the inner backend, moved to autodiff here)
-/// on `examples`, with the validation loss on `valid` when it is not empty.
+/// on `examples`, with the validation loss on `valid` when it is not empty. With several
+/// `devices`, each step's micro-batches are spread over them (see
+/// [`crate::train::train_on_devices`]); the model and optimizer live on the first.
 pub fn finetune<B: AutodiffBackend>(
     model: Decoder<B::InnerBackend>,
     examples: &[TokenizedExample],
@@ -169,8 +171,11 @@ pub fn finetune<B: AutodiffBackend>(
     config: &TrainConfig,
     options: &RunOptions,
     pad_id: u32,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<TrainOutcome<CausalLm<B>>> {
+    let device = devices
+        .first()
+        .ok_or_else(|| Error::Config("no device to train on".into()))?;
     let mut decoder = Decoder::<B>::from_inner(model);
     for (_, linear) in decoder.linears_mut() {
         linear.mark_trainable();
@@ -179,22 +184,30 @@ pub fn finetune<B: AutodiffBackend>(
     let mut valid_loss = |m: &CausalLm<B>| {
         validation_loss(&m.decoder.valid(), valid, config.micro_batch_size, pad_id)
     };
-    train(
-        model,
-        examples,
-        config,
-        options,
-        device,
-        |batch: &[&TokenizedExample]| {
-            let owned: Vec<TokenizedExample> = batch.iter().map(|e| (*e).clone()).collect();
-            lm_batch::<B>(&owned, pad_id, device)
-        },
-        if valid.is_empty() {
-            None
-        } else {
-            Some(&mut valid_loss)
-        },
-    )
+    let batch = |batch: &[&TokenizedExample], device: &B::Device| {
+        let owned: Vec<TokenizedExample> = batch.iter().map(|e| (*e).clone()).collect();
+        lm_batch::<B>(&owned, pad_id, device)
+    };
+    let valid_fn: Option<&mut dyn FnMut(&CausalLm<B>) -> Result<f64>> = if valid.is_empty() {
+        None
+    } else {
+        Some(&mut valid_loss)
+    };
+    if devices.len() > 1 {
+        crate::train::train_on_devices(
+            model, examples, config, options, devices, &batch, valid_fn, None,
+        )
+    } else {
+        train(
+            model,
+            examples,
+            config,
+            options,
+            device,
+            |items: &[&TokenizedExample]| batch(items, device),
+            valid_fn,
+        )
+    }
 }
 
 /// One evaluated example.

@@ -153,6 +153,11 @@ enum Command {
         /// Continue from the latest checkpoint in --out (refused if its settings differ).
         #[arg(long)]
         resume: bool,
+        /// Data parallelism: GPU ordinals (comma-separated) to spread each step's micro-batches
+        /// over; the model and optimizer live on the first. Gradients are gathered as
+        /// burn-train's multi-device strategy does.
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<usize>,
         /// Do not show progress bars.
         #[arg(long)]
         quiet: bool,
@@ -460,6 +465,7 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
             val_set_size,
             out,
             resume,
+            devices,
             quiet,
         } => backend.run(TrainJob {
             data,
@@ -470,6 +476,7 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
             train: train.config(),
             val_set_size,
             out,
+            devices,
             resume,
             progress: !quiet,
         }),

@@ -243,6 +243,10 @@ pub struct TrainJob {
     /// Examples held out for the validation loss (LLM-Adapters: 120).
     pub val_set_size: usize,
     pub out: PathBuf,
+    /// GPU ordinals to spread each step's micro-batches over (data parallelism); empty: the
+    /// `--device` alone.
+    #[serde(skip)]
+    pub devices: Vec<usize>,
     #[serde(skip)]
     pub resume: bool,
     #[serde(skip)]
@@ -355,6 +359,12 @@ impl BackendJob for TrainJob {
             stop_after: None,
             progress: self.progress,
         };
+        let devices = data_parallel_devices::<B>(&device, &self.devices)?;
+        if online && devices.len() > 1 {
+            return Err(Error::Config(
+                "--fit-mode online trains on one device; drop --devices".into(),
+            ));
+        }
         let start = std::time::Instant::now();
         let outcome = finetune::<Autodiff<B>>(
             model,
@@ -363,7 +373,7 @@ impl BackendJob for TrainJob {
             &self.train,
             &options,
             pad,
-            &device,
+            &devices,
         )?;
         let seconds = start.elapsed().as_secs_f64();
         let steps = outcome.history.len() - outcome.resumed_from;
@@ -395,6 +405,29 @@ impl BackendJob for TrainJob {
         }
         Ok(())
     }
+}
+
+/// The devices of `--devices`: the same kind as `device`, by ordinal (`device` alone when the
+/// list is empty). The first one holds the model and the optimizer.
+fn data_parallel_devices<B: Backend>(
+    device: &B::Device,
+    ordinals: &[usize],
+) -> Result<Vec<B::Device>> {
+    use burn::prelude::DeviceOps;
+    if ordinals.is_empty() {
+        return Ok(vec![device.clone()]);
+    }
+    let type_id = device.to_id().type_id;
+    ordinals
+        .iter()
+        .map(|&i| {
+            let index = u16::try_from(i)
+                .map_err(|_| Error::Config(format!("--devices: ordinal {i} is out of range")))?;
+            Ok(B::Device::from_id(burn::tensor::backend::DeviceId::new(
+                type_id, index,
+            )))
+        })
+        .collect()
 }
 
 /// Holds out `n` examples for validation from a seeded shuffle (as LLM-Adapters'

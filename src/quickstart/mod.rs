@@ -317,8 +317,15 @@ pub fn run_quickstart<B: Backend>(
             );
         }
         let start = Instant::now();
-        let outcome =
-            finetune::<Autodiff<B>>(model, &tokenized, &[], &config.train, &options, pad, device)?;
+        let outcome = finetune::<Autodiff<B>>(
+            model,
+            &tokenized,
+            &[],
+            &config.train,
+            &options,
+            pad,
+            std::slice::from_ref(device),
+        )?;
         let seconds = start.elapsed().as_secs_f64();
         let steps = outcome.history.len();
         // Each epoch covers every example once.
