@@ -294,22 +294,6 @@ fn projectors_follow_the_estimate_every_update_and_freeze_after_the_stop() {
     assert!(!changed(&last, &seen[3]));
 }
 
-fn adapter_values(model: &CausalLm<B>) -> Vec<f32> {
-    use burn_store::ModuleSnapshot;
-    model
-        .collect(None, None, false)
-        .into_iter()
-        .filter(|s| s.full_path().contains(".adapter."))
-        .flat_map(|s| {
-            s.to_data()
-                .unwrap()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap()
-        })
-        .collect()
-}
-
 #[test]
 fn resume_is_refused_while_the_fit_runs_and_exact_after_it_stopped() {
     let _serial = serial();

@@ -69,22 +69,6 @@ fn run(
     )
 }
 
-fn adapter_values(model: &CausalLm<B>) -> Vec<f32> {
-    use burn_store::ModuleSnapshot;
-    model
-        .collect(None, None, false)
-        .into_iter()
-        .filter(|s| s.full_path().contains(".adapter."))
-        .flat_map(|s| {
-            s.to_data()
-                .unwrap()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap()
-        })
-        .collect()
-}
-
 #[test]
 fn causal_lm_loss_is_the_mean_shifted_cross_entropy_over_labelled_tokens() {
     let _serial = serial();

@@ -162,3 +162,20 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Every adapter tensor of `model` (paths containing `.adapter.`), flattened in f32, in module
+/// order: equal vectors mean equal adapters.
+pub fn adapter_values<BB: Backend, M: burn_store::ModuleSnapshot<BB>>(model: &M) -> Vec<f32> {
+    model
+        .collect(None, None, false)
+        .into_iter()
+        .filter(|s| s.full_path().contains(".adapter."))
+        .flat_map(|s| {
+            s.to_data()
+                .unwrap()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap()
+        })
+        .collect()
+}
