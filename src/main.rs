@@ -159,8 +159,13 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         devices: Vec<usize>,
         /// Do not show progress bars.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "tui")]
         quiet: bool,
+        /// Show burn-train's terminal dashboard (plots of loss, learning rate and validation
+        /// loss, progress, ETA) instead of progress bars; `q` offers to stop after a
+        /// checkpoint. It keeps one CPU core busy redrawing.
+        #[arg(long)]
+        tui: bool,
     },
     /// Evaluate on the commonsense test sets by generation.
     ///
@@ -467,6 +472,7 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
             resume,
             devices,
             quiet,
+            tui,
         } => backend.run(TrainJob {
             data,
             adapter,
@@ -479,6 +485,7 @@ fn run(cli: Cli) -> burn_ipa::Result<()> {
             devices,
             resume,
             progress: !quiet,
+            tui,
         }),
         Command::Eval {
             backend,

@@ -405,7 +405,7 @@ pub fn finetune_online<B: AutodiffBackend>(
         match online.warm_start {
             WarmStart::Zero => fitter.zero_projectors(&mut model)?,
             WarmStart::PreFit { .. } => {
-                fitter.warm_start(&model, examples, options.progress)?;
+                fitter.warm_start(&model, examples, options.monitor.shows_bars())?;
                 fitter.write_projectors(&mut model)?;
             }
         }

@@ -40,8 +40,8 @@ use crate::models::siglip::{load_siglip, SiglipModel, SiglipSite};
 use crate::models::tokenizer::Tokenizer;
 use crate::projector::{FitAlgorithm, FittedProjector, ProjectorFit};
 use crate::train::{
-    class_prompt_ids, epoch_order, evaluate_vtab, latest_checkpoint, train, RunOptions,
-    SiglipClassifier, StepRecord, TrainConfig,
+    class_prompt_ids, epoch_order, evaluate_vtab, latest_checkpoint, train, Monitor, RunMetric,
+    RunOptions, SiglipClassifier, StepRecord, TrainConfig,
 };
 use crate::{Error, Result};
 
@@ -595,8 +595,9 @@ mod split_name {
 /// What a run does besides its settings.
 #[derive(Clone, Debug, Default)]
 pub struct VtabRunOptions {
-    /// Show progress bars, and a line per evaluation on standard error.
-    pub progress: bool,
+    /// Where progress goes: bars (and a line per evaluation on standard error), the
+    /// dashboard, or nothing; a stop request ends the run after a checkpoint.
+    pub monitor: Monitor,
     /// Continue from the latest checkpoint in the output folder (with the evaluations in its
     /// `report.json`) when there is one; the checkpoint must come from the same settings.
     /// Without it a run starts afresh and replaces what the folder held.
@@ -689,7 +690,7 @@ pub fn run_vtab<B: Backend>(
     progress: bool,
 ) -> Result<VtabReport> {
     let options = VtabRunOptions {
-        progress,
+        monitor: Monitor::bars_if(progress),
         ..VtabRunOptions::default()
     };
     run_vtab_with::<B>(config, model_dir, data_root, out_dir, &options, device)
@@ -823,7 +824,7 @@ pub fn run_vtab_with<B: Backend>(
                     images.images(),
                     &config.targets,
                     &config.fit_pass(),
-                    options.progress,
+                    options.monitor.shows_bars(),
                 )?;
                 fit.install(&mut model, &adapter)?
             }
@@ -876,7 +877,7 @@ pub fn run_vtab_with<B: Backend>(
             resume: resume_from.is_some() || i > 0,
             fingerprint: fingerprint.clone(),
             stop_after: None,
-            progress: options.progress,
+            monitor: options.monitor.clone(),
         };
         let outcome = train::<AB<B>, _, _>(
             classifier,
@@ -892,10 +893,14 @@ pub fn run_vtab_with<B: Backend>(
         )?;
         classifier = outcome.model;
         history = outcome.history;
+        if outcome.stopped_early {
+            // Stopped on request: the checkpoint holds the step; `resume` continues.
+            break;
+        }
 
         let frozen = classifier.valid();
         let bar = progress_bar(
-            options.progress,
+            options.monitor.shows_bars(),
             eval_set.items().len().div_ceil(config.eval_batch_size),
             "eval",
         );
@@ -939,7 +944,10 @@ pub fn run_vtab_with<B: Backend>(
             )?;
             report.best = Some(eval.clone());
         }
-        if options.progress {
+        options
+            .monitor
+            .evaluated(RunMetric::Accuracy, 100.0 * eval.accuracy, eval.step);
+        if options.monitor.shows_bars() {
             eprintln!(
                 "epoch {}: {} accuracy {:.2}% ({correct}/{total}){}",
                 eval.epoch,

@@ -208,6 +208,30 @@ fn bad_input_is_reported_with_the_file() {
     ]);
     assert!(!success && stderr.contains("missing"), "{stderr}");
 
+    // The dashboard needs a terminal; here standard output is a pipe. Nothing is trained.
+    let tui_out = root.join("tui");
+    let (success, _, stderr) = ipa(&[
+        "train",
+        "--model",
+        s(&base),
+        "--data",
+        s(&broken),
+        "--tui",
+        "--out",
+        s(&tui_out),
+    ]);
+    if cfg!(feature = "tui") {
+        assert!(!success && stderr.contains("terminal"), "{stderr}");
+    } else {
+        assert!(!success && stderr.contains("`tui` feature"), "{stderr}");
+    }
+    assert!(!tui_out.join("checkpoints").exists());
+    let (success, _, stderr) = ipa(&["train", "--tui", "--quiet", "--out", s(&tui_out)]);
+    assert!(
+        !success && stderr.contains("cannot be used with"),
+        "{stderr}"
+    );
+
     let (success, _, stderr) = ipa(&["quickstart", "--backend", "cuda", "--out", s(&root)]);
     if !cfg!(feature = "cuda") {
         assert!(!success && stderr.contains("--features cuda"), "{stderr}");

@@ -15,7 +15,8 @@ use burn_ipa::models::Site;
 use burn_ipa::online::{finetune_online, OnlineFit, OnlineProjectorFit, WarmStart};
 use burn_ipa::projector::{FitAlgorithm, GhaConfig};
 use burn_ipa::train::{
-    epoch_order, lm_batch, train_with_hook, CausalLm, RunOptions, TrainConfig, TrainOutcome,
+    epoch_order, lm_batch, train_with_hook, CausalLm, Monitor, RunOptions, TrainConfig,
+    TrainOutcome,
 };
 use common::*;
 
@@ -311,7 +312,7 @@ fn resume_is_refused_while_the_fit_runs_and_exact_after_it_stopped() {
         resume: true,
         fingerprint: fingerprint.clone(),
         stop_after: Some(2),
-        progress: false,
+        monitor: Monitor::silent(),
     };
     run(ipa_model(&adapter), &items, &cfg, &options, &running).unwrap();
     let resume = RunOptions {

@@ -11,7 +11,7 @@ use burn_ipa::adapter::{AdapterConfig, ProjectorInit};
 use burn_ipa::data::instruction::{TokenizedExample, IGNORE_INDEX};
 use burn_ipa::models::loading::load_decoder;
 use burn_ipa::train::{
-    causal_lm_loss, lm_batch, train, CausalLm, RunOptions, TrainConfig, WarmupLinearDecay,
+    causal_lm_loss, lm_batch, train, CausalLm, Monitor, RunOptions, TrainConfig, WarmupLinearDecay,
 };
 use common::*;
 
@@ -153,7 +153,7 @@ fn resume_after_interruption_reproduces_the_uninterrupted_run() {
         resume: true,
         fingerprint: fingerprint.clone(),
         stop_after: Some(3),
-        progress: false,
+        monitor: Monitor::silent(),
     };
     let first = run(initial.clone(), &items, &cfg, &options).unwrap();
     assert_eq!(first.history.len(), 3);
@@ -184,7 +184,7 @@ fn resume_refuses_a_checkpoint_of_another_run() {
         resume: true,
         fingerprint: serde_json::json!({"learning_rate": lr}),
         stop_after: Some(1),
-        progress: false,
+        monitor: Monitor::silent(),
     };
     run(
         adapted_model(&AdapterConfig::lora(2)),
@@ -296,7 +296,7 @@ fn a_failed_checkpoint_write_is_an_error_and_keeps_the_previous_one() {
         resume: true,
         fingerprint: serde_json::json!({"run": "write-fail"}),
         stop_after: Some(2),
-        progress: false,
+        monitor: Monitor::silent(),
     };
     let initial = adapted_model(&adapter);
     let whole = run(initial.clone(), &items, &cfg, &RunOptions::default()).unwrap();
@@ -352,4 +352,247 @@ fn data_parallel_steps_equal_single_device_steps() {
         adapter_values(&parallel.model),
         adapter_values(&single.model)
     );
+}
+
+/// What a burn-train metrics renderer was told: metric entries `(split, name, value)`, the
+/// iteration of each progress report, and the registered metrics.
+#[derive(Clone, Default)]
+struct Recorded {
+    entries: std::sync::Arc<std::sync::Mutex<Vec<(&'static str, String, f64)>>>,
+    iterations: std::sync::Arc<std::sync::Mutex<Vec<(&'static str, Option<usize>)>>>,
+    registered: std::sync::Arc<std::sync::Mutex<Vec<(burn::train::metric::MetricId, String)>>>,
+}
+
+struct RecordingRenderer(Recorded);
+
+mod recording {
+    use super::*;
+    use burn::train::metric::{MetricDefinition, NumericEntry};
+    use burn::train::renderer::{
+        EvaluationName, EvaluationProgress, MetricState, MetricsRenderer,
+        MetricsRendererEvaluation, MetricsRendererTraining, ProgressType, TrainingProgress,
+    };
+
+    fn numeric(state: &MetricState) -> (String, f64) {
+        match state {
+            MetricState::Numeric(entry, NumericEntry::Value(v)) => {
+                (entry.serialized_entry.serialized.clone(), *v)
+            }
+            other => panic!("expected a plain numeric entry, got {other:?}"),
+        }
+    }
+
+    impl RecordingRenderer {
+        fn push(&self, split: &'static str, state: MetricState) {
+            let (serialized, value) = numeric(&state);
+            // The serialized text is the value itself.
+            assert_eq!(serialized.parse::<f64>().unwrap(), value);
+            let MetricState::Numeric(entry, _) = &state else {
+                unreachable!()
+            };
+            let name = self
+                .0
+                .registered
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(id, _)| *id == entry.metric_id)
+                .unwrap_or_else(|| panic!("metric {:?} was not registered", entry.metric_id))
+                .1
+                .clone();
+            self.0.entries.lock().unwrap().push((split, name, value));
+        }
+    }
+
+    impl MetricsRendererTraining for RecordingRenderer {
+        fn update_train(&mut self, state: MetricState) {
+            self.push("train", state);
+        }
+        fn update_valid(&mut self, state: MetricState) {
+            self.push("valid", state);
+        }
+        fn render_train(&mut self, item: TrainingProgress, _: Vec<ProgressType>) {
+            let p = item.progress.expect("progress within the epoch");
+            assert!(p.items_processed >= 1 && p.items_processed <= p.items_total);
+            self.0
+                .iterations
+                .lock()
+                .unwrap()
+                .push(("train", item.iteration));
+        }
+        fn render_valid(&mut self, item: TrainingProgress, _: Vec<ProgressType>) {
+            self.0
+                .iterations
+                .lock()
+                .unwrap()
+                .push(("valid", item.iteration));
+        }
+    }
+
+    impl MetricsRendererEvaluation for RecordingRenderer {
+        fn update_test(&mut self, _: EvaluationName, _: MetricState) {
+            panic!("training reports no test split");
+        }
+        fn render_test(&mut self, _: EvaluationProgress, _: Vec<ProgressType>) {}
+    }
+
+    impl MetricsRenderer for RecordingRenderer {
+        fn manual_close(&mut self) {}
+        fn register_metric(&mut self, definition: MetricDefinition) {
+            self.0
+                .registered
+                .lock()
+                .unwrap()
+                .push((definition.metric_id, definition.name));
+        }
+    }
+}
+
+fn run_with_validation(
+    model: CausalLm<B>,
+    items: &[TokenizedExample],
+    config: &TrainConfig,
+    options: &RunOptions,
+    valid: &mut dyn FnMut(&CausalLm<B>) -> burn_ipa::Result<f64>,
+) -> burn_ipa::Result<burn_ipa::train::TrainOutcome<CausalLm<B>>> {
+    let device = Default::default();
+    train(
+        model,
+        items,
+        config,
+        options,
+        &device,
+        |batch: &[&TokenizedExample]| {
+            let owned: Vec<TokenizedExample> = batch.iter().map(|e| (*e).clone()).collect();
+            lm_batch::<B>(&owned, 0, &device)
+        },
+        Some(valid),
+    )
+}
+
+#[test]
+fn a_metrics_renderer_sees_every_step_and_validation_of_the_history() {
+    let _serial = serial();
+    let items = ragged_examples(10);
+    let cfg = TrainConfig {
+        valid_every: 2,
+        ..config()
+    };
+    let recorded = Recorded::default();
+    let monitor = Monitor::with_renderer(Box::new(RecordingRenderer(recorded.clone())));
+    let options = RunOptions {
+        monitor,
+        ..RunOptions::default()
+    };
+    let mut calls = 0;
+    let mut valid = |_: &CausalLm<B>| {
+        calls += 1;
+        Ok(1.0 / calls as f64)
+    };
+    let outcome = run_with_validation(
+        adapted_model(&AdapterConfig::lora(4)),
+        &items,
+        &cfg,
+        &options,
+        &mut valid,
+    )
+    .unwrap();
+
+    let names: Vec<String> = recorded
+        .registered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n.clone())
+        .collect();
+    assert_eq!(names, ["Loss", "Learning Rate", "Accuracy"]);
+    let mut expected = Vec::new();
+    let mut iterations = Vec::new();
+    for r in &outcome.history {
+        expected.push(("train", "Loss".to_string(), r.loss));
+        expected.push(("train", "Learning Rate".to_string(), r.lr));
+        iterations.push(("train", Some(r.step)));
+        if let Some(v) = r.valid_loss {
+            expected.push(("valid", "Loss".to_string(), v));
+            iterations.push(("valid", Some(r.step)));
+        }
+    }
+    // 10 examples in batches of 4: 3 steps an epoch, 2 epochs; validations at 2, 4, 6.
+    assert_eq!(outcome.history.len(), 6);
+    assert_eq!(iterations.iter().filter(|(s, _)| *s == "valid").count(), 3);
+    assert_eq!(*recorded.entries.lock().unwrap(), expected);
+    assert_eq!(*recorded.iterations.lock().unwrap(), iterations);
+    // A causal LM has no accuracy.
+    assert!(outcome.history.iter().all(|r| r.accuracy.is_none()));
+}
+
+#[test]
+fn a_stop_request_checkpoints_the_step_and_resume_finishes_the_run() {
+    let _serial = serial();
+    let items = ragged_examples(10);
+    let cfg = TrainConfig {
+        checkpoint_every: 0,
+        valid_every: 1,
+        ..config()
+    };
+    let adapter = AdapterConfig::lora(4).with_dropout(0.1);
+    let initial = adapted_model(&adapter);
+    let mut constant = |_: &CausalLm<B>| Ok(0.5);
+    let whole = run_with_validation(
+        initial.clone(),
+        &items,
+        &cfg,
+        &RunOptions::default(),
+        &mut constant,
+    )
+    .unwrap();
+    assert!(!whole.stopped_early);
+
+    // The user asks to stop during step 3 (here: from its validation); no checkpoint was due.
+    let dir = temp_dir("train-stop");
+    let monitor = Monitor::silent();
+    let options = RunOptions {
+        out_dir: Some(dir.clone()),
+        resume: true,
+        fingerprint: serde_json::json!({"run": "stop"}),
+        stop_after: None,
+        monitor: monitor.clone(),
+    };
+    let mut step = 0;
+    let mut stopping = |_: &CausalLm<B>| {
+        step += 1;
+        if step == 3 {
+            monitor.request_stop();
+        }
+        Ok(0.5)
+    };
+    let first =
+        run_with_validation(initial.clone(), &items, &cfg, &options, &mut stopping).unwrap();
+    assert!(first.stopped_early);
+    assert_eq!(first.history.len(), 3);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("checkpoints/latest"))
+            .unwrap()
+            .trim(),
+        "step-3"
+    );
+
+    // A new process: a fresh monitor, a fresh model; it resumes at step 3 and ends as the
+    // uninterrupted run did.
+    let options = RunOptions {
+        monitor: Monitor::silent(),
+        ..options
+    };
+    let resumed = run_with_validation(
+        adapted_model(&adapter),
+        &items,
+        &cfg,
+        &options,
+        &mut constant,
+    )
+    .unwrap();
+    assert!(!resumed.stopped_early);
+    assert_eq!(resumed.resumed_from, 3);
+    assert_eq!(resumed.history, whole.history);
+    assert_eq!(adapter_values(&resumed.model), adapter_values(&whole.model));
 }

@@ -9,13 +9,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::Tensor;
 use burn_ipa::adapter::{read_adapter_config, AdapterConfig, AdapterMethod};
-use burn_ipa::data::vtab::{VtabDataset, VtabSplit};
+use burn_ipa::data::vtab::{VtabBatcher, VtabDataset, VtabImage, VtabSplit};
 use burn_ipa::instruct::FitPassConfig;
 use burn_ipa::models::siglip::{load_siglip, pixel_batch, SiglipSite};
 use burn_ipa::projector::FitAlgorithm;
-use burn_ipa::train::{epoch_order, evaluate_vtab, SiglipClassifier, TrainConfig};
+use burn_ipa::train::{epoch_order, evaluate_vtab, Monitor, SiglipClassifier, TrainConfig};
 use burn_ipa::vtab::{
     attach_saved_siglip_adapter, fit_count, read_report, run_vtab, run_vtab_with, siglip_fit_pass,
     SiglipFit, VisionSite, VtabReport, VtabRunConfig, VtabRunOptions, BEST_ADAPTER_DIR,
@@ -301,7 +302,7 @@ fn short_config(method: AdapterMethod) -> VtabRunConfig {
 
 fn options(resume: bool) -> VtabRunOptions {
     VtabRunOptions {
-        progress: false,
+        monitor: Monitor::silent(),
         resume,
         class_ids: Some(class_ids(3)),
     }
@@ -311,7 +312,7 @@ fn options(resume: bool) -> VtabRunOptions {
 fn read_metrics(out: &Path) -> Vec<(usize, usize, f64)> {
     let text = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("step,epoch,loss,lr,valid_loss"));
+    assert_eq!(lines.next(), Some("step,epoch,loss,lr,valid_loss,accuracy"));
     lines
         .map(|line| {
             let f: Vec<&str> = line.split(',').collect();
@@ -321,6 +322,15 @@ fn read_metrics(out: &Path) -> Vec<(usize, usize, f64)> {
                 f[2].parse().unwrap(),
             )
         })
+        .collect()
+}
+
+/// `metrics.csv`'s accuracy column (every step of a classification run has one).
+fn read_accuracies(out: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|line| line.split(',').nth(5).unwrap().parse().unwrap())
         .collect()
 }
 
@@ -450,6 +460,38 @@ fn a_short_ipa_run_writes_its_files_learns_and_keeps_the_best_adapter() {
     .unwrap();
     check_run(&task, &out, &report);
     assert_eq!(report.method, AdapterMethod::Ipa);
+
+    // metrics.csv's accuracy: the share of each step's 4 images classified right before the
+    // update. At step 1 the IPA up-projections are still zero, so it is the base model's
+    // accuracy on the first batch of the seeded order.
+    let accuracies = read_accuracies(&out);
+    assert_eq!(accuracies.len(), 8);
+    assert!(
+        accuracies
+            .iter()
+            .all(|a| (0.0..=1.0).contains(a) && (a * 4.0).fract() == 0.0),
+        "{accuracies:?}"
+    );
+    let base = SiglipClassifier::new(
+        load_siglip::<B>(&model_dir(), &device).unwrap(),
+        &class_ids(3),
+    )
+    .unwrap();
+    let train_images = VtabDataset::load(&task.root, TASK, VtabSplit::Train800Val200)
+        .unwrap()
+        .preload(IMAGE_SIZE)
+        .unwrap();
+    let order = epoch_order(8, config.train.seed, 0);
+    let first: Vec<VtabImage> = order[..4]
+        .iter()
+        .map(|&i| train_images.images()[i].clone())
+        .collect();
+    let (correct, total) = evaluate_vtab(
+        &base,
+        std::iter::once(Ok(VtabBatcher.batch(first, &device))),
+    )
+    .unwrap();
+    assert_eq!(accuracies[0], correct as f64 / total as f64);
     assert_eq!(report.adapter, config.adapter());
     assert!(!report.adapter.train_projector);
     assert_eq!(report.adapter.scale(), 0.5);

@@ -19,7 +19,7 @@ use burn_ipa::models::generate::GenerationConfig;
 use burn_ipa::models::llama::Decoder;
 use burn_ipa::models::loading::load_decoder;
 use burn_ipa::models::tokenizer::Tokenizer;
-use burn_ipa::train::{epoch_order, RunOptions, TrainConfig};
+use burn_ipa::train::{epoch_order, Monitor, RunOptions, TrainConfig};
 use burn_ipa::{Error, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -251,6 +251,9 @@ pub struct TrainJob {
     pub resume: bool,
     #[serde(skip)]
     pub progress: bool,
+    /// burn-train's dashboard instead of progress bars.
+    #[serde(skip)]
+    pub tui: bool,
 }
 
 impl BackendJob for TrainJob {
@@ -258,6 +261,12 @@ impl BackendJob for TrainJob {
     fn run<B: Backend>(self, device: B::Device, _: &str) -> Result<()> {
         self.train.validate()?;
         let adapter = self.adapter.config();
+        let monitor = if self.tui {
+            Monitor::dashboard()?
+        } else {
+            Monitor::bars_if(self.progress)
+        };
+        monitor.stop_on_ctrl_c()?;
         write_config(&self.out, "train_config.json", &self)?;
         let tokenizer = Tokenizer::from_dir(&self.data.model)?;
         let mut model: Decoder<B> = load_decoder(&self.data.model, &device)?;
@@ -288,6 +297,9 @@ impl BackendJob for TrainJob {
                     .into(),
             ));
         }
+        // LoRA's random down-projections (and any other random init) follow --seed: a
+        // re-run gives the same adapters.
+        B::seed(&device, self.train.seed);
         match self.adapter.method {
             MethodArg::Ipa if online => {
                 // Placeholder projectors; the online fit writes the real ones.
@@ -317,7 +329,7 @@ impl BackendJob for TrainJob {
                             &self.adapter.targets,
                             &config,
                             pad,
-                            self.progress,
+                            monitor.shows_bars(),
                         )?;
                         let fitted = fit.finish()?;
                         save_projectors(&fitted, &self.out)?;
@@ -357,7 +369,7 @@ impl BackendJob for TrainJob {
             resume: self.resume,
             fingerprint,
             stop_after: None,
-            progress: self.progress,
+            monitor: monitor.clone(),
         };
         let devices = data_parallel_devices::<B>(&device, &self.devices)?;
         if online && devices.len() > 1 {
@@ -374,7 +386,22 @@ impl BackendJob for TrainJob {
             &options,
             pad,
             &devices,
-        )?;
+        );
+        monitor.finish();
+        // The last handles on a dashboard give the terminal back before anything prints.
+        drop(options);
+        drop(monitor);
+        let outcome = outcome?;
+        if outcome.stopped_early {
+            println!(
+                "stopped on request after step {} of {}; the checkpoint is in {}: the same \
+                 command with --resume continues",
+                outcome.history.last().map_or(0, |r| r.step),
+                self.train.run_steps(train_tok.len()),
+                self.out.join("checkpoints").display()
+            );
+            return Ok(());
+        }
         let seconds = start.elapsed().as_secs_f64();
         let steps = outcome.history.len() - outcome.resumed_from;
         let tokens: usize = train_tok.iter().map(|t| t.input_ids.len()).sum();

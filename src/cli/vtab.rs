@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use burn::tensor::backend::Backend;
 use burn_ipa::adapter::AdapterMethod;
 use burn_ipa::backend::{run_on, BackendJob, BackendKind};
+use burn_ipa::train::Monitor;
 use burn_ipa::vtab::{run_vtab_with, VtabReport, VtabRunConfig, VtabRunOptions, BEST_ADAPTER_DIR};
 use burn_ipa::Result;
 use clap::Args;
@@ -106,8 +107,13 @@ pub struct VtabArgs {
     #[arg(long)]
     pub resume: bool,
     /// Do not show progress bars.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tui")]
     pub quiet: bool,
+    /// Show burn-train's terminal dashboard (plots of loss, learning rate, training and test
+    /// accuracy) instead of progress bars; `q` offers to stop after a checkpoint. It keeps
+    /// one CPU core busy redrawing.
+    #[arg(long)]
+    pub tui: bool,
 }
 
 impl VtabArgs {
@@ -184,18 +190,29 @@ impl BackendJob for VtabJob {
 pub fn run(args: VtabArgs, backend: BackendKind, device: usize) -> Result<()> {
     let config = args.config()?;
     let start = std::time::Instant::now();
+    let monitor = if args.tui {
+        Monitor::dashboard()?
+    } else {
+        Monitor::bars_if(!args.quiet)
+    };
+    monitor.stop_on_ctrl_c()?;
     let job = VtabJob {
         config: config.clone(),
         model: args.model.clone(),
         data_root: args.data_root.clone(),
         out: args.out.clone(),
         options: VtabRunOptions {
-            progress: !args.quiet,
+            monitor: monitor.clone(),
             resume: args.resume,
             class_ids: None,
         },
     };
-    let report = run_on(backend, device, job)?;
+    let report = run_on(backend, device, job);
+    monitor.finish();
+    let stopped = monitor.stop_requested();
+    // The last handle on a dashboard gives the terminal back before the report prints.
+    drop(monitor);
+    let report = report?;
     println!(
         "{}: {} r = {} on {} vision linears ({} trainable parameters); {} {} images, {} {} \
          images",
@@ -236,5 +253,11 @@ pub fn run(args: VtabArgs, backend: BackendKind, device: usize) -> Result<()> {
         backend.name(),
         args.out.display()
     );
+    if stopped {
+        println!(
+            "stopped on request after step {}: the same command with --resume continues",
+            report.steps
+        );
+    }
     Ok(())
 }

@@ -164,7 +164,7 @@ pub fn pretrain_base<B: AutodiffBackend>(
         seed: settings.seed,
     };
     let options = RunOptions {
-        progress: true,
+        monitor: crate::train::Monitor::bars(),
         ..RunOptions::default()
     };
     let outcome = train(

@@ -26,7 +26,7 @@ use crate::models::generate::GenerationConfig;
 use crate::models::llama::Decoder;
 use crate::models::loading::load_decoder;
 use crate::models::tokenizer::Tokenizer;
-use crate::train::{RunOptions, TrainConfig};
+use crate::train::{Monitor, RunOptions, TrainConfig};
 use crate::{Error, Result};
 
 /// The embedded base model's files (regenerate with `cargo run --release --example
@@ -308,7 +308,7 @@ pub fn run_quickstart<B: Backend>(
             resume: false,
             fingerprint: serde_json::json!({"variant": variant.name}),
             stop_after: None,
-            progress,
+            monitor: Monitor::bars_if(progress),
         };
         if progress {
             eprintln!(

@@ -44,6 +44,9 @@ pub struct StepRecord {
     pub lr: f64,
     /// Validation loss, when the step ran a validation.
     pub valid_loss: Option<f64>,
+    /// Share of correct predictions over the step's micro-batches, for tasks that classify.
+    #[serde(default)]
+    pub accuracy: Option<f64>,
 }
 
 /// What `state.json` holds.

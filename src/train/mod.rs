@@ -4,6 +4,7 @@
 pub mod causal_lm;
 pub mod checkpoint;
 mod metrics;
+pub mod monitor;
 pub mod schedule;
 mod siglip_classification;
 pub mod trainer;
@@ -11,6 +12,7 @@ pub mod trainer;
 pub use causal_lm::{causal_lm_loss, lm_batch, CausalLm, LmBatch, LmBatcher, LmOutput};
 pub use checkpoint::{latest_checkpoint, StepRecord};
 pub use metrics::StepOutput;
+pub use monitor::{Monitor, RunMetric};
 pub use schedule::WarmupLinearDecay;
 pub use siglip_classification::{
     class_prompt, class_prompt_ids, classification_loss, evaluate_vtab, ClassificationStep,

@@ -26,7 +26,7 @@ use super::checkpoint::{
     latest_checkpoint, load_checkpoint, read_state, save_checkpoint, CheckpointState, StepRecord,
 };
 use super::schedule::WarmupLinearDecay;
-use super::StepOutput;
+use super::{Monitor, RunMetric, StepOutput};
 use crate::adapter::write_atomic;
 use crate::{Error, Result};
 
@@ -133,8 +133,9 @@ pub struct RunOptions {
     pub fingerprint: serde_json::Value,
     /// Stop (as if interrupted) after this many optimizer steps, after checkpointing.
     pub stop_after: Option<usize>,
-    /// Show a progress bar.
-    pub progress: bool,
+    /// Where progress and metrics are shown, and where a stop request comes from (the
+    /// dashboard's "stop", Ctrl-C): the loop checkpoints after the current step and returns.
+    pub monitor: Monitor,
 }
 
 /// The trained model and the metrics of every optimizer step.
@@ -145,6 +146,9 @@ pub struct TrainOutcome<M> {
     pub history: Vec<StepRecord>,
     /// Step the run resumed from (0 for a fresh run).
     pub resumed_from: usize,
+    /// The run stopped before its last step (`stop_after`, or a stop request); the latest
+    /// checkpoint holds where it stopped.
+    pub stopped_early: bool,
 }
 
 /// The order examples are seen in epoch `epoch`: a permutation seeded by the run's seed.
@@ -325,8 +329,8 @@ fn run_loop<B, M, I>(
     options: &RunOptions,
     devices: &[B::Device],
     batch: &dyn Fn(&[&I], &B::Device) -> M::Input,
-    mut valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
-    mut before_micro_batch: Option<&mut BeforeMicroBatch<'_, M, I>>,
+    valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
+    before_micro_batch: Option<&mut BeforeMicroBatch<'_, M, I>>,
     parallel: Option<&ParallelSteps<'_, M, I>>,
 ) -> Result<TrainOutcome<M>>
 where
@@ -372,20 +376,59 @@ where
         }
     }
 
-    let progress = options.progress.then(|| {
-        let bar = indicatif::ProgressBar::new(run_steps as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed} < {eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_prefix("train");
-        bar.set_position(start as u64);
-        bar
-    });
+    let monitor = &options.monitor;
+    monitor.begin(start, run_steps);
+    let result = steps_loop(
+        model,
+        items,
+        config,
+        options,
+        devices,
+        batch,
+        valid,
+        before_micro_batch,
+        parallel,
+        optim,
+        schedule,
+        &mut history,
+        start,
+    );
+    monitor.end();
+    let (model, stopped_early) = result?;
+    Ok(TrainOutcome {
+        model,
+        history,
+        resumed_from: start,
+        stopped_early,
+    })
+}
 
+/// The optimizer steps from `start`; returns whether the run stopped before its end.
+#[allow(clippy::too_many_arguments)]
+fn steps_loop<B, M, I>(
+    mut model: M,
+    items: &[I],
+    config: &TrainConfig,
+    options: &RunOptions,
+    devices: &[B::Device],
+    batch: &dyn Fn(&[&I], &B::Device) -> M::Input,
+    mut valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
+    mut before_micro_batch: Option<&mut BeforeMicroBatch<'_, M, I>>,
+    parallel: Option<&ParallelSteps<'_, M, I>>,
+    mut optim: OptimizerAdaptor<AdamW, M, B>,
+    mut schedule: WarmupLinearDecay,
+    history: &mut Vec<StepRecord>,
+    start: usize,
+) -> Result<(M, bool)>
+where
+    B: AutodiffBackend,
+    M: TrainStep + AutodiffModule<B> + ModuleSnapshot<B>,
+    M::Output: StepOutput,
+{
+    let device = &devices[0];
+    let n = items.len();
+    let run_steps = config.run_steps(n);
+    let monitor = &options.monitor;
     let steps_per_epoch = config.steps_per_epoch(n);
     let mut step = start;
     while step < run_steps {
@@ -396,6 +439,7 @@ where
         let end = (begin + config.batch_size).min(n);
         let mut accumulator = GradientsAccumulator::<M>::new();
         let (mut loss_sum, mut weight) = (0.0, 0usize);
+        let (mut correct, mut judged) = (0usize, 0usize);
         // Dropout draws depend only on (seed, step, micro-batch): a resumed run sees the
         // same masks as an uninterrupted one.
         let seed_of = |micro: usize| {
@@ -413,6 +457,10 @@ where
             }
             loss_sum += item.loss() * item.items() as f64;
             weight += item.items();
+            if let Some((c, t)) = item.correct() {
+                correct += c;
+                judged += t;
+            }
             Ok(())
         };
         let micro: Vec<(usize, Vec<&I>)> = order[begin..end]
@@ -457,19 +505,22 @@ where
             }
             _ => None,
         };
-        history.push(StepRecord {
+        let record = StepRecord {
             step,
             epoch,
             loss: loss_sum / weight.max(1) as f64,
             lr,
             valid_loss,
-        });
-        if let Some(bar) = &progress {
-            bar.set_position(step as u64);
-            bar.set_message(format!("loss {:.4}", loss_sum / weight.max(1) as f64));
+            accuracy: (judged > 0).then(|| correct as f64 / judged as f64),
+        };
+        monitor.step(&record, steps_per_epoch, config.epochs);
+        if let Some(v) = valid_loss {
+            monitor.evaluated(RunMetric::Loss, v, step);
         }
+        history.push(record);
 
-        let stopping = options.stop_after == Some(step);
+        let stopping =
+            step < run_steps && (options.stop_after == Some(step) || monitor.stop_requested());
         if let Some(out) = &options.out_dir {
             let due = (config.checkpoint_every > 0 && step % config.checkpoint_every == 0)
                 || step == run_steps
@@ -490,22 +541,19 @@ where
             }
         }
         if stopping {
-            break;
+            return Ok((model, true));
         }
     }
-    if let Some(bar) = progress {
-        bar.finish();
-    }
-    Ok(TrainOutcome {
-        model,
-        history,
-        resumed_from: start,
-    })
+    Ok((model, false))
 }
 
 fn metrics_line(r: &StepRecord) -> String {
     let valid = r.valid_loss.map(|v| v.to_string()).unwrap_or_default();
-    format!("{},{},{},{},{}\n", r.step, r.epoch, r.loss, r.lr, valid)
+    let accuracy = r.accuracy.map(|v| v.to_string()).unwrap_or_default();
+    format!(
+        "{},{},{},{},{},{}\n",
+        r.step, r.epoch, r.loss, r.lr, valid, accuracy
+    )
 }
 
 fn append_metrics_line(out_dir: &Path, record: &StepRecord) -> Result<()> {
@@ -518,9 +566,10 @@ fn append_metrics_line(out_dir: &Path, record: &StepRecord) -> Result<()> {
         .map_err(|e| Error::file(&path, e))
 }
 
-/// Writes `metrics.csv` (step, epoch, loss, lr, valid_loss) from the history.
+/// Writes `metrics.csv` (step, epoch, loss, lr, valid_loss, accuracy; the last two empty
+/// where a step has none) from the history.
 pub fn write_metrics_csv(out_dir: &Path, history: &[StepRecord]) -> Result<()> {
-    let mut text = String::from("step,epoch,loss,lr,valid_loss\n");
+    let mut text = String::from("step,epoch,loss,lr,valid_loss,accuracy\n");
     for r in history {
         text.push_str(&metrics_line(r));
     }
