@@ -2,16 +2,17 @@
 //! finished run, refusal of a changed one) → eval → export → merge, and clear errors for bad
 //! input.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
+
+use common::TempDir;
 use std::process::Command;
 
 use burn_ipa::quickstart::{world::task_set, write_embedded_base, write_task_set};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("burn-ipa-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> TempDir {
+    common::temp_dir(&format!("cli-{name}"))
 }
 
 /// Runs `ipa` with `args`; returns (success, stdout, stderr).

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn_ipa::data::instruction::{
     load_examples, tokenize_example, InstructionExample, PromptStyle, IGNORE_INDEX,
@@ -10,9 +10,7 @@ use burn_ipa::data::instruction::{
 use burn_ipa::eval::commonsense::{Accuracy, Task};
 use burn_ipa::models::tokenizer::Tokenizer;
 
-fn temp_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("burn-ipa-data-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+fn temp_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
@@ -29,7 +27,9 @@ fn example(input: &str) -> InstructionExample {
 
 #[test]
 fn loads_valid_data_and_names_bad_fields() {
+    let dir = common::temp_dir("data");
     let ok = temp_file(
+        &dir,
         "ok.json",
         r#"[{"instruction": "Q1", "input": "", "output": "the correct answer is true", "answer": "true"},
             {"instruction": "Q2", "output": "the correct answer is false", "answer": "false"}]"#,
@@ -59,7 +59,7 @@ fn loads_valid_data_and_names_bad_fields() {
         ),
     ];
     for (name, text, expected) in cases {
-        let path = temp_file(name, text);
+        let path = temp_file(&dir, name, text);
         let err = load_examples(&path, true).unwrap_err().to_string();
         assert!(
             err.contains(name) && err.contains(expected),
@@ -68,6 +68,7 @@ fn loads_valid_data_and_names_bad_fields() {
     }
     // Training data need no `answer`.
     let train = temp_file(
+        &dir,
         "train.json",
         r#"[{"instruction": "Q", "input": "", "output": "o"}]"#,
     );

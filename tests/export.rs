@@ -36,11 +36,8 @@ fn peft_dir(case: &str) -> PathBuf {
     root().join("tests/fixtures/peft_export").join(case)
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("burn-ipa-export-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(tag: &str) -> TempDir {
+    common::temp_dir(&format!("export-{tag}"))
 }
 
 fn expected(case: &str) -> Value {

@@ -22,9 +22,8 @@ fn edited_checkpoint(
     tag: &str,
     edit_config: impl Fn(&mut serde_json::Value),
     edit_tensors: impl Fn(&mut Vec<(String, Vec<usize>, Vec<u8>)>),
-) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("burn-ipa-bad-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+) -> TempDir {
+    let dir = temp_dir(&format!("bad-{tag}"));
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("config.json")).unwrap())
             .unwrap();
@@ -128,8 +127,7 @@ fn missing_extra_and_misshaped_tensors_are_named() {
     let err = load_err(&dir);
     assert!(err.contains("down_proj"), "{err}");
 
-    let empty = std::env::temp_dir().join(format!("burn-ipa-empty-{}", std::process::id()));
-    std::fs::create_dir_all(&empty).unwrap();
+    let empty = temp_dir("empty");
     std::fs::copy(fixture_dir().join("config.json"), empty.join("config.json")).unwrap();
     assert!(load_err(&empty).contains("model.safetensors"));
 }
@@ -199,12 +197,8 @@ fn adapters_attach_by_name_and_layer_and_start_as_identity() {
 }
 
 /// The llama2 fixture re-saved as two shards with an index, the second shard in f16.
-fn sharded_checkpoint(second_in_f16: bool) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "burn-ipa-sharded-{second_in_f16}-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+fn sharded_checkpoint(second_in_f16: bool) -> TempDir {
+    let dir = temp_dir(&format!("sharded-{second_in_f16}"));
     std::fs::copy(fixture_dir().join("config.json"), dir.join("config.json")).unwrap();
     let bytes = std::fs::read(fixture_dir().join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();

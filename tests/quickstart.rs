@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use burn_ipa::data::instruction::{load_examples, PromptStyle};
 use burn_ipa::eval::commonsense::Task;
 use burn_ipa::instruct::attach_saved_adapter;
@@ -16,11 +14,8 @@ use common::*;
 
 type B = TestBackend;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("burn-ipa-qs-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> TempDir {
+    common::temp_dir(&format!("qs-{name}"))
 }
 
 #[test]

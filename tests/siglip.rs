@@ -250,9 +250,8 @@ fn siglip_config_reads_both_towers() {
     assert_eq!(v.layer_norm_eps, 1e-6);
 }
 
-fn write_config(tag: &str, config: &Value) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("burn-ipa-siglip-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+fn write_config(tag: &str, config: &Value) -> TempDir {
+    let dir = temp_dir(&format!("config-{tag}"));
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     dir
 }
@@ -391,10 +390,8 @@ fn zero_adapters_on_vision_q_and_v_leave_the_outputs_unchanged() {
     assert!(paths.contains(&"text_model.head".to_string()));
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("burn-ipa-siglip-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(tag: &str) -> TempDir {
+    common::temp_dir(&format!("siglip-{tag}"))
 }
 
 fn write_png(path: &Path) {

@@ -55,8 +55,7 @@ fn tokenizer_matches_transformers() {
 
 #[test]
 fn missing_tokenizer_is_an_error_naming_the_file() {
-    let dir = std::env::temp_dir().join(format!("burn-ipa-no-tokenizer-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("no-tokenizer");
     let err = Tokenizer::from_dir(&dir).err().unwrap();
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
     std::fs::write(dir.join("tokenizer.json"), b"{not json").unwrap();

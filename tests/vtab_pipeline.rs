@@ -37,14 +37,8 @@ fn model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/siglip2")
 }
 
-fn temp_root(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "burn-ipa-vtab-pipeline-{tag}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_root(tag: &str) -> TempDir {
+    common::temp_dir(&format!("vtab-pipeline-{tag}"))
 }
 
 /// A deterministic 8×8 image, different for each `seed`.
@@ -60,7 +54,7 @@ fn write_png(path: &Path, seed: u32) {
 
 /// A task folder `<root>/shapes` of three classes with `n` images `images/img <i>.png`.
 struct Task {
-    root: PathBuf,
+    root: TempDir,
     dir: PathBuf,
 }
 
