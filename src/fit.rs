@@ -79,12 +79,9 @@ impl<B: Backend> DecoderFit<B> {
                     layer,
                     kind: site_kind_of(target)?,
                 };
-                if !estimators.contains_key(&site) {
+                if let std::collections::btree_map::Entry::Vacant(e) = estimators.entry(site) {
                     let seed = seed.wrapping_add(1000 * layer as u64 + site.kind as u64);
-                    estimators.insert(
-                        site,
-                        algorithm.build::<B>(width(site.kind), rank, seed, &device)?,
-                    );
+                    e.insert(algorithm.build::<B>(width(site.kind), rank, seed, &device)?);
                 }
             }
         }

@@ -188,11 +188,12 @@ pub fn finetune<B: AutodiffBackend>(
         let owned: Vec<TokenizedExample> = batch.iter().map(|e| (*e).clone()).collect();
         lm_batch::<B>(&owned, pad_id, device)
     };
-    let valid_fn: Option<&mut dyn FnMut(&CausalLm<B>) -> Result<f64>> = if valid.is_empty() {
-        None
-    } else {
-        Some(&mut valid_loss)
-    };
+    let valid_fn: Option<&mut crate::train::trainer::Validation<'_, CausalLm<B>>> =
+        if valid.is_empty() {
+            None
+        } else {
+            Some(&mut valid_loss)
+        };
     if devices.len() > 1 {
         crate::train::train_on_devices(
             model, examples, config, options, devices, &batch, valid_fn, None,

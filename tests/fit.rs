@@ -39,11 +39,10 @@ const PAD: i64 = 0;
 fn padded_batch() -> (Vec<Vec<i64>>, Vec<bool>, Vec<Vec<i64>>) {
     let a: Vec<i64> = vec![5, 17, 33, 8, 91, 14, 27, 60];
     let b: Vec<i64> = vec![44, 12, 7, 150, 3];
-    let padded_b: Vec<i64> = std::iter::repeat(PAD)
-        .take(3)
+    let padded_b: Vec<i64> = std::iter::repeat_n(PAD, 3)
         .chain(b.iter().copied())
         .collect();
-    let mask: Vec<bool> = (0..16).map(|i| i < 8 || i >= 11).collect();
+    let mask: Vec<bool> = (0..16).map(|i| !(8..11).contains(&i)).collect();
     (vec![a.clone(), padded_b], mask, vec![a, b])
 }
 
@@ -123,7 +122,7 @@ fn padding_changes_nothing() {
     let mut one_by_one = DecoderFit::new(&model, &targets(), None, &alg, 4, 0).unwrap();
     for seq in &unpadded {
         one_by_one
-            .observe(&model, ids(&[seq.clone()]), None)
+            .observe(&model, ids(std::slice::from_ref(seq)), None)
             .unwrap();
     }
     let (a, b) = (batched.finish().unwrap(), one_by_one.finish().unwrap());

@@ -57,9 +57,7 @@ fn edited_checkpoint(
 }
 
 fn load_err(dir: &Path) -> String {
-    let err = load_decoder::<B>(dir, &Default::default())
-        .err()
-        .expect("loading should fail");
+    let err = load_decoder::<B>(dir, &Default::default()).expect_err("loading should fail");
     err.to_string()
 }
 

@@ -62,7 +62,7 @@ fn compare_logits(
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|row| row.as_array().unwrap().iter().flat_map(|pos| vec1(pos)))
+        .flat_map(|row| row.as_array().unwrap().iter().flat_map(vec1))
         .collect();
     assert_eq!(got.len(), want.len(), "{what}: size");
     let mut checked = 0;
@@ -183,7 +183,7 @@ fn generation(name: &str) {
     };
 
     let greedy = GenerationConfig::greedy(&model, 8);
-    let out = generate(&model, &[prompt.clone()], &greedy).unwrap();
+    let out = generate(&model, std::slice::from_ref(&prompt), &greedy).unwrap();
     assert_eq!(
         out[0],
         as_ids(&expected["greedy"])[prompt.len()..].to_vec(),
@@ -202,7 +202,7 @@ fn generation(name: &str) {
     let beams = greedy.clone().with_beams(3);
     let mut beam_config = beams;
     beam_config.max_new_tokens = 6;
-    let out = generate(&model, &[prompt.clone()], &beam_config).unwrap();
+    let out = generate(&model, std::slice::from_ref(&prompt), &beam_config).unwrap();
     assert_eq!(
         out[0],
         as_ids(&expected["greedy_beam"])[prompt.len()..].to_vec(),

@@ -266,8 +266,7 @@ fn bad_config_errors_name_the_file_and_key() {
     wrong_type["model_type"] = "clip".into();
     let dir = write_config("type", &wrong_type);
     let err = load_siglip::<B>(&dir, &Default::default())
-        .err()
-        .expect("a clip config must be refused")
+        .expect_err("a clip config must be refused")
         .to_string();
     assert!(err.contains("config.json"), "{err}");
     assert!(err.contains("model_type"), "{err}");

@@ -332,7 +332,7 @@ fn data_parallel_steps_equal_single_device_steps() {
     let initial = adapted_model(&AdapterConfig::lora(4));
     let single = run(initial.clone(), &items, &cfg, &RunOptions::default()).unwrap();
     let device: <B as burn::tensor::backend::BackendTypes>::Device = Default::default();
-    let devices = [device.clone(), device];
+    let devices = [device, device];
     let parallel = burn_ipa::train::train_on_devices(
         initial,
         &items,
@@ -358,10 +358,12 @@ fn data_parallel_steps_equal_single_device_steps() {
 /// iteration of each progress report, and the registered metrics.
 #[derive(Clone, Default)]
 struct Recorded {
-    entries: std::sync::Arc<std::sync::Mutex<Vec<(&'static str, String, f64)>>>,
-    iterations: std::sync::Arc<std::sync::Mutex<Vec<(&'static str, Option<usize>)>>>,
-    registered: std::sync::Arc<std::sync::Mutex<Vec<(burn::train::metric::MetricId, String)>>>,
+    entries: Shared<(&'static str, String, f64)>,
+    iterations: Shared<(&'static str, Option<usize>)>,
+    registered: Shared<(burn::train::metric::MetricId, String)>,
 }
+
+type Shared<T> = std::sync::Arc<std::sync::Mutex<Vec<T>>>;
 
 struct RecordingRenderer(Recorded);
 

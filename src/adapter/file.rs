@@ -212,7 +212,7 @@ pub fn load_adapter<B: Backend, M: ModuleSnapshot<B>>(
         ));
     }
     for name in file.names() {
-        if !expected.contains_key(&name.to_string()) {
+        if !expected.contains_key(name) {
             return Err(Error::Tensor {
                 path: path.clone(),
                 tensor: name.to_string(),

@@ -82,14 +82,10 @@ fn left_pad(prompts: &[Vec<u32>], pad: u32) -> (Vec<u32>, Vec<bool>, Vec<usize>,
     let mut positions = Vec::new();
     for p in prompts {
         let pad_n = len - p.len();
-        ids.extend(std::iter::repeat(pad).take(pad_n).chain(p.iter().copied()));
-        mask.extend(
-            std::iter::repeat(false)
-                .take(pad_n)
-                .chain(std::iter::repeat(true).take(p.len())),
-        );
+        ids.extend(std::iter::repeat_n(pad, pad_n).chain(p.iter().copied()));
+        mask.extend(std::iter::repeat_n(false, pad_n).chain(std::iter::repeat_n(true, p.len())));
         // HF: cumsum(mask) − 1, with padded positions set to 1.
-        positions.extend(std::iter::repeat(1).take(pad_n).chain(0..p.len()));
+        positions.extend(std::iter::repeat_n(1, pad_n).chain(0..p.len()));
     }
     (ids, mask, positions, len)
 }

@@ -148,11 +148,7 @@ impl<B: Backend> KvCache<B> {
 
     /// Keeps only the batch rows in `rows` (beam search reorders beams).
     pub fn select_rows(&mut self, rows: &[usize]) {
-        let old_batch = if self.len == 0 {
-            0
-        } else {
-            self.key_mask.len() / self.len
-        };
+        let old_batch = self.key_mask.len().checked_div(self.len).unwrap_or(0);
         if old_batch == 0 {
             return;
         }
@@ -194,6 +190,7 @@ struct StepContext<B: Backend> {
 const MASKED: f64 = -1e30;
 
 impl<B: Backend> Attention<B> {
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: Tensor<B, 3>,

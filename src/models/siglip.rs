@@ -117,7 +117,7 @@ impl TowerChecks for Fields<'_> {
     /// Hidden size and head count that divide evenly.
     fn heads(&self, hidden: usize) -> Result<usize> {
         let heads = self.positive_or("num_attention_heads", 12)?;
-        if hidden % heads != 0 {
+        if !hidden.is_multiple_of(heads) {
             return Err(self.err(
                 "num_attention_heads",
                 format!("{heads} does not divide hidden_size = {hidden}"),

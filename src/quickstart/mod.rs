@@ -177,7 +177,7 @@ fn variants(config: &QuickstartConfig) -> Vec<Variant> {
         alpha: config.alpha,
         rslora: false,
     };
-    let lora = AdapterConfig::lora(config.rank).with_scaling(scaling.clone());
+    let lora = AdapterConfig::lora(config.rank).with_scaling(scaling);
     let ipa = AdapterConfig::ipa(config.rank).with_scaling(scaling);
     vec![
         Variant {

@@ -19,6 +19,6 @@ pub use siglip_classification::{
     SiglipClassifier,
 };
 pub use trainer::{
-    epoch_order, train, train_on_devices, train_with_hook, BeforeMicroBatch, RunOptions,
-    TrainConfig, TrainOutcome,
+    epoch_order, train, train_on_devices, train_with_hook, BeforeMicroBatch, MakeBatch, RunOptions,
+    TrainConfig, TrainOutcome, Validation,
 };

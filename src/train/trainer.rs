@@ -82,7 +82,7 @@ impl TrainConfig {
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             return bad("learning_rate", "must be a positive number");
         }
-        if !(self.weight_decay >= 0.0) {
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             return bad("weight_decay", "must be ≥ 0");
         }
         if self.epochs == 0 {
@@ -91,7 +91,7 @@ impl TrainConfig {
         if self.micro_batch_size == 0 || self.batch_size == 0 {
             return bad("batch_size", "batch sizes must be at least 1");
         }
-        if self.batch_size % self.micro_batch_size != 0 {
+        if !self.batch_size.is_multiple_of(self.micro_batch_size) {
             return bad(
                 "micro_batch_size",
                 &format!("must divide batch_size ({})", self.batch_size),
@@ -174,7 +174,7 @@ pub fn train<B, M, I>(
     options: &RunOptions,
     device: &B::Device,
     batch: impl Fn(&[&I]) -> M::Input,
-    valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
+    valid: Option<&mut Validation<'_, M>>,
 ) -> Result<TrainOutcome<M>>
 where
     B: AutodiffBackend,
@@ -183,6 +183,16 @@ where
 {
     train_with_hook(model, items, config, options, device, batch, valid, None)
 }
+
+/// Computes a validation loss for the current model.
+pub type Validation<'a, M> = dyn FnMut(&M) -> Result<f64> + 'a;
+
+/// Builds a micro-batch of examples on the device it is given (each data-parallel worker
+/// builds its own).
+pub type MakeBatch<'a, I, D, X> = dyn Fn(&[&I], &D) -> X + Sync + 'a;
+
+/// [`MakeBatch`] for one device (the loop's own threads only).
+type LocalBatch<'a, I, D, X> = dyn Fn(&[&I], &D) -> X + 'a;
 
 /// Called before each micro-batch's forward pass with the model, the micro-batch's
 /// examples and the optimizer step about to be taken (0-based); it may change the model
@@ -198,7 +208,7 @@ pub fn train_with_hook<B, M, I>(
     options: &RunOptions,
     device: &B::Device,
     batch: impl Fn(&[&I]) -> M::Input,
-    valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
+    valid: Option<&mut Validation<'_, M>>,
     before_micro_batch: Option<&mut BeforeMicroBatch<'_, M, I>>,
 ) -> Result<TrainOutcome<M>>
 where
@@ -236,8 +246,8 @@ pub fn train_on_devices<B, M, I>(
     config: &TrainConfig,
     options: &RunOptions,
     devices: &[B::Device],
-    batch: &(dyn Fn(&[&I], &B::Device) -> M::Input + Sync),
-    valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
+    batch: &MakeBatch<'_, I, B::Device, M::Input>,
+    valid: Option<&mut Validation<'_, M>>,
     before_micro_batch: Option<&mut BeforeMicroBatch<'_, M, I>>,
 ) -> Result<TrainOutcome<M>>
 where
@@ -279,7 +289,7 @@ fn parallel_micro_batches<B, M, I>(
     model: &M,
     micro: &[(usize, Vec<&I>)],
     devices: &[B::Device],
-    batch: &(dyn Fn(&[&I], &B::Device) -> M::Input + Sync),
+    batch: &MakeBatch<'_, I, B::Device, M::Input>,
     seed_of: &dyn Fn(usize) -> u64,
 ) -> Result<Vec<burn::train::TrainOutput<M::Output>>>
 where
@@ -328,8 +338,8 @@ fn run_loop<B, M, I>(
     config: &TrainConfig,
     options: &RunOptions,
     devices: &[B::Device],
-    batch: &dyn Fn(&[&I], &B::Device) -> M::Input,
-    valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
+    batch: &LocalBatch<'_, I, B::Device, M::Input>,
+    valid: Option<&mut Validation<'_, M>>,
     before_micro_batch: Option<&mut BeforeMicroBatch<'_, M, I>>,
     parallel: Option<&ParallelSteps<'_, M, I>>,
 ) -> Result<TrainOutcome<M>>
@@ -411,8 +421,8 @@ fn steps_loop<B, M, I>(
     config: &TrainConfig,
     options: &RunOptions,
     devices: &[B::Device],
-    batch: &dyn Fn(&[&I], &B::Device) -> M::Input,
-    mut valid: Option<&mut dyn FnMut(&M) -> Result<f64>>,
+    batch: &LocalBatch<'_, I, B::Device, M::Input>,
+    mut valid: Option<&mut Validation<'_, M>>,
     mut before_micro_batch: Option<&mut BeforeMicroBatch<'_, M, I>>,
     parallel: Option<&ParallelSteps<'_, M, I>>,
     mut optim: OptimizerAdaptor<AdamW, M, B>,
@@ -499,7 +509,7 @@ where
         let valid_loss = match valid.as_deref_mut() {
             Some(f)
                 if config.valid_every > 0
-                    && (step % config.valid_every == 0 || step == run_steps) =>
+                    && (step.is_multiple_of(config.valid_every) || step == run_steps) =>
             {
                 Some(f(&model)?)
             }
@@ -522,7 +532,7 @@ where
         let stopping =
             step < run_steps && (options.stop_after == Some(step) || monitor.stop_requested());
         if let Some(out) = &options.out_dir {
-            let due = (config.checkpoint_every > 0 && step % config.checkpoint_every == 0)
+            let due = (config.checkpoint_every > 0 && step.is_multiple_of(config.checkpoint_every))
                 || step == run_steps
                 || stopping;
             if due {
@@ -535,7 +545,7 @@ where
             }
             // The whole file once (it may hold a resumed run's steps), then a line a step.
             if step == start + 1 {
-                write_metrics_csv(out, &history)?;
+                write_metrics_csv(out, history)?;
             } else if let Some(last) = history.last() {
                 append_metrics_line(out, last)?;
             }

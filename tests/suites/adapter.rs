@@ -349,9 +349,8 @@ fn scaling_rules() {
 fn bad_configurations_are_errors() {
     let device = Default::default();
     let layer = || AdaptedLinearConfig::new(8, 4).init::<SuiteBackend>(&device);
-    let err = |r: burn_ipa::Result<AdaptedLinear<SuiteBackend>>| {
-        r.err().expect("should fail").to_string()
-    };
+    let err =
+        |r: burn_ipa::Result<AdaptedLinear<SuiteBackend>>| r.expect_err("should fail").to_string();
     assert!(
         err(layer().attach(&AdapterConfig::lora(0), ProjectorInit::KaimingUniform))
             .contains("at least 1")
