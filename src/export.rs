@@ -13,8 +13,9 @@
 //!
 //! Module paths: the decoder's linears sit at their HF paths (`model.layers.3.self_attn.q_proj`);
 //! peft prefixes them with `base_model.model.` (the `PeftModel` and its `LoraModel` wrapper).
-//! Those are the paths of the text-only `*ForCausalLM` classes; an adapter meant for a
-//! multimodal Gemma-3 (`Gemma3ForConditionalGeneration`) would need `model.language_model.`.
+//! Those are the paths of the text-only `*ForCausalLM` classes; for a multimodal Gemma-3
+//! checkpoint (`Gemma3ForConditionalGeneration`) the language model sits under
+//! `model.language_model.`, which [`PeftLayout`] accounts for.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -101,21 +102,94 @@ fn same_adapter(a: &AdapterConfig, b: &AdapterConfig) -> bool {
 
 /// `target_modules` for peft: the module names when every layer has the same adapted set,
 /// otherwise a regular expression that peft full-matches against module paths.
-fn target_modules(paths: &[String], num_layers: usize) -> Value {
+fn target_modules(paths: &[String], num_layers: usize, layout: PeftLayout) -> Value {
     let mut by_name: BTreeMap<&str, BTreeSet<Option<usize>>> = BTreeMap::new();
     for path in paths {
         let name = path.rsplit('.').next().unwrap_or(path);
         let layer = path.split('.').nth(2).and_then(|s| s.parse::<usize>().ok());
         by_name.entry(name).or_default().insert(layer);
     }
-    let uniform = by_name.iter().all(|(name, layers)| {
-        *name == "lm_head" || (layers.len() == num_layers && layers.iter().all(Option::is_some))
-    });
-    if uniform {
-        json!(by_name.keys().collect::<Vec<_>>())
-    } else {
-        let alternatives: Vec<String> = paths.iter().map(|p| p.replace('.', "\\.")).collect();
-        json!(format!("^(?:{})$", alternatives.join("|")))
+    let every_layer = |layers: &BTreeSet<Option<usize>>| {
+        layers.len() == num_layers && layers.iter().all(Option::is_some)
+    };
+    let uniform = by_name
+        .iter()
+        .all(|(name, layers)| *name == "lm_head" || every_layer(layers));
+    match layout {
+        PeftLayout::CausalLm if uniform => json!(by_name.keys().collect::<Vec<_>>()),
+        PeftLayout::Gemma3Multimodal if uniform && !by_name.contains_key("lm_head") => {
+            // Names alone would also match the vision tower's q/k/v: a regex over the
+            // language model's layers, grouped by parent module in model order.
+            let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+            for path in paths {
+                let mut parts = path.rsplit('.');
+                let (Some(leaf), Some(parent)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                match groups.iter_mut().find(|(p, _)| *p == parent) {
+                    Some((_, leaves)) if leaves.contains(&leaf) => {}
+                    Some((_, leaves)) => leaves.push(leaf),
+                    None => groups.push((parent, vec![leaf])),
+                }
+            }
+            let inner: Vec<String> = groups
+                .iter()
+                .map(|(parent, leaves)| format!(r"{parent}\.({})", leaves.join("|")))
+                .collect();
+            json!(format!(
+                r"model\.language_model\.layers\.\d+\.({})",
+                inner.join("|")
+            ))
+        }
+        _ => {
+            let alternatives: Vec<String> = paths
+                .iter()
+                .map(|p| layout.module_path(p).replace('.', "\\."))
+                .collect();
+            json!(format!("^(?:{})$", alternatives.join("|")))
+        }
+    }
+}
+
+/// The HF model class a peft adapter is applied to: it fixes the module paths the adapter's
+/// tensors and `target_modules` name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PeftLayout {
+    /// The `*ForCausalLM` classes: `model.layers.N.…`, `lm_head`.
+    #[default]
+    CausalLm,
+    /// `Gemma3ForConditionalGeneration` (the multimodal Gemma-3 checkpoints): the language
+    /// model at `model.language_model.layers.N.…` (transformers' module paths since 4.52),
+    /// `lm_head` at the top, the vision tower left alone.
+    Gemma3Multimodal,
+}
+
+impl PeftLayout {
+    /// The layout for the checkpoint in `dir`, from its `config.json`: multimodal Gemma-3
+    /// when `architectures` names `Gemma3ForConditionalGeneration` or `model_type` is
+    /// `gemma3` with a `text_config`.
+    pub fn of_checkpoint(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e))?;
+        let config: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::file(&path, format!("not valid JSON: {e}")))?;
+        let conditional = config["architectures"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v == "Gemma3ForConditionalGeneration"));
+        let nested = config["model_type"] == "gemma3" && config["text_config"].is_object();
+        Ok(if conditional || nested {
+            PeftLayout::Gemma3Multimodal
+        } else {
+            PeftLayout::CausalLm
+        })
+    }
+
+    /// The HF module path of a decoder path (`model.layers.0.self_attn.q_proj`).
+    pub fn module_path(self, path: &str) -> String {
+        match (self, path.strip_prefix("model.")) {
+            (PeftLayout::Gemma3Multimodal, Some(rest)) => format!("model.language_model.{rest}"),
+            _ => path.to_string(),
+        }
     }
 }
 
@@ -130,10 +204,25 @@ fn target_modules(paths: &[String], num_layers: usize) -> Value {
 /// false; LoRA's `alpha` and rsLoRA flag are written as they are. Every adapted layer must
 /// have `adapter`'s rank, scaling and DoRA setting. Merged layers export their adapter too
 /// (the file always applies to the unmerged base). Both files are written atomically.
+///
+/// The module paths are those of the `*ForCausalLM` classes: see [`export_peft_for`] for a
+/// multimodal Gemma-3 checkpoint.
 pub fn export_peft<B: Backend>(
     model: &Decoder<B>,
     adapter: &AdapterConfig,
     base_model: &str,
+    out_dir: &Path,
+) -> Result<()> {
+    export_peft_for(model, adapter, base_model, PeftLayout::CausalLm, out_dir)
+}
+
+/// [`export_peft`] for the HF class of `layout` ([`PeftLayout::of_checkpoint`] reads it from
+/// the base checkpoint).
+pub fn export_peft_for<B: Backend>(
+    model: &Decoder<B>,
+    adapter: &AdapterConfig,
+    base_model: &str,
+    layout: PeftLayout,
     out_dir: &Path,
 ) -> Result<()> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -154,7 +243,7 @@ pub fn export_peft<B: Backend>(
                 adapter.dora
             )));
         }
-        let name = format!("{PEFT_PREFIX}{path}");
+        let name = format!("{PEFT_PREFIX}{}", layout.module_path(&path));
         // Burn layout: projector Pᵀ [d_in, r], up Bᵀ [r, d_out]; peft stores P and B.
         let (p, [d_in, r]) = host_f32(a.projector.val())?;
         tensors.push((
@@ -205,7 +294,7 @@ pub fn export_peft<B: Backend>(
         "use_rslora": rslora,
         "use_dora": adapter.dora,
         "lora_dropout": adapter.dropout,
-        "target_modules": target_modules(&paths, model.config.num_hidden_layers),
+        "target_modules": target_modules(&paths, model.config.num_hidden_layers, layout),
         "bias": "none",
         "lora_bias": false,
         "fan_in_fan_out": false,

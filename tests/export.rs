@@ -1,6 +1,6 @@
 //! HF peft export and merged-checkpoint export of the decoders, against adapters that HF peft
-//! made and saved on the tiny Llama-3 fixture (`tests/fixtures/peft_export/`, made by
-//! `tests/fixtures/make_peft_export_fixtures.py`).
+//! made and saved on the tiny Llama-3 fixture and the multimodal Gemma-3 fixture
+//! (`tests/fixtures/peft_export/`, made by `tests/fixtures/make_peft_export_fixtures.py`).
 
 mod common;
 
@@ -11,7 +11,8 @@ use burn::module::Param;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use burn_ipa::adapter::{AdapterConfig, ProjectorInit, Scaling};
 use burn_ipa::export::{
-    decoder_linears, export_merged, export_merged_with, export_peft, load_peft, WeightDtype,
+    decoder_linears, export_merged, export_merged_with, export_peft, export_peft_for, load_peft,
+    PeftLayout, WeightDtype,
 };
 use burn_ipa::models::loading::{load_decoder, safetensors_keys};
 use burn_ipa::models::{Decoder, ForwardOptions};
@@ -23,6 +24,16 @@ use serde_json::Value;
 type B = TestBackend;
 
 const BASE_REL: &str = "tests/fixtures/models/llama3";
+const GEMMA3_MM_REL: &str = "tests/fixtures/models/gemma3_mm";
+
+/// The base checkpoint a peft fixture case was made on.
+fn case_base(case: &str) -> &'static str {
+    if case == "gemma3_mm" {
+        GEMMA3_MM_REL
+    } else {
+        BASE_REL
+    }
+}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -133,16 +144,21 @@ fn tensors(path: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
         .collect()
 }
 
+/// `target_modules` as a set: a list's names, or a regex as one string.
 fn string_set(v: &Value) -> BTreeSet<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
+    match v.as_str() {
+        Some(regex) => BTreeSet::from([regex.to_string()]),
+        None => v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect(),
+    }
 }
 
 fn peft_model(case: &str) -> (Decoder<B>, burn_ipa::export::PeftAdapter) {
-    let mut model = load_decoder::<B>(&base_dir(), &Default::default()).unwrap();
+    let mut model = load_decoder::<B>(&root().join(case_base(case)), &Default::default()).unwrap();
     let loaded = load_peft(&mut model, &peft_dir(case)).unwrap();
     (model, loaded)
 }
@@ -153,8 +169,19 @@ fn peft_roundtrip(case: &str) {
     let peft_config = read_json(&peft_dir(case).join("adapter_config.json"));
 
     // What load_peft read.
-    assert_eq!(loaded.layers.len(), 10, "{case}: 5 targets × 2 layers");
-    assert_eq!(loaded.base_model.as_deref(), Some(BASE_REL));
+    let theirs = tensors(&peft_dir(case).join("adapter_model.safetensors"));
+    assert_eq!(
+        loaded.layers.len(),
+        5 * model.config.num_hidden_layers,
+        "{case}: 5 targets"
+    );
+    let per_layer = if case == "dora" { 3 } else { 2 };
+    assert_eq!(
+        loaded.layers.len() * per_layer,
+        theirs.len(),
+        "{case}: A, B (and DoRA's magnitude) per layer"
+    );
+    assert_eq!(loaded.base_model.as_deref(), Some(case_base(case)));
     assert_eq!(loaded.config.rank, 4);
     assert_eq!(loaded.config.dora, case == "dora");
     assert!((loaded.config.scale() - exp["scaling"].as_f64().unwrap()).abs() < 1e-12);
@@ -171,8 +198,9 @@ fn peft_roundtrip(case: &str) {
 
     // Re-exported: the same tensors, bit for bit, and the same config fields.
     let out = temp_dir(&format!("peft-{case}"));
-    export_peft(&model, &loaded.config, BASE_REL, &out).unwrap();
-    let theirs = tensors(&peft_dir(case).join("adapter_model.safetensors"));
+    let layout = PeftLayout::of_checkpoint(&root().join(case_base(case))).unwrap();
+    assert_eq!(layout == PeftLayout::Gemma3Multimodal, case == "gemma3_mm");
+    export_peft_for(&model, &loaded.config, case_base(case), layout, &out).unwrap();
     let mine = tensors(&out.join("adapter_model.safetensors"));
     assert_eq!(
         mine.keys().collect::<Vec<_>>(),
@@ -212,7 +240,7 @@ fn peft_roundtrip(case: &str) {
     );
 
     // And the export loads back to the same model.
-    let mut again = load_decoder::<B>(&base_dir(), &Default::default()).unwrap();
+    let mut again = load_decoder::<B>(&root().join(case_base(case)), &Default::default()).unwrap();
     let reloaded = load_peft(&mut again, &out).unwrap();
     assert_eq!(reloaded.config, loaded.config);
     assert_eq!(reloaded.layers, loaded.layers);
@@ -229,6 +257,11 @@ fn peft_roundtrip(case: &str) {
 #[test]
 fn peft_lora_adapter_loads_with_peft_logits_and_exports_as_peft_wrote_it() {
     peft_roundtrip("lora");
+}
+
+#[test]
+fn peft_adapter_of_a_multimodal_gemma3_loads_with_peft_logits_and_exports_as_peft_wrote_it() {
+    peft_roundtrip("gemma3_mm");
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use burn_ipa::backend::BackendJob;
-use burn_ipa::export::{export_merged_with, export_peft, WeightDtype};
+use burn_ipa::export::{export_merged_with, export_peft_for, PeftLayout, WeightDtype};
 use burn_ipa::instruct::attach_saved_adapter;
 use burn_ipa::models::llama::Decoder;
 use burn_ipa::models::loading::load_decoder;
@@ -28,7 +28,9 @@ impl BackendJob for ExportPeftJob {
             .base_model_name
             .clone()
             .unwrap_or_else(|| self.model.display().to_string());
-        export_peft(&model, &saved.adapter, &name, &self.out)?;
+        // A multimodal Gemma-3 checkpoint names its language model's modules differently.
+        let layout = PeftLayout::of_checkpoint(&self.model)?;
+        export_peft_for(&model, &saved.adapter, &name, layout, &self.out)?;
         println!(
             "wrote a peft LoRA adapter (r = {}, lora_alpha = {}) to {}",
             saved.adapter.rank,
