@@ -551,6 +551,34 @@ fn a_short_ipa_run_writes_its_files_learns_and_keeps_the_best_adapter() {
         best_adapter_accuracy(&task, &out)
     );
 
+    // A stop request (the dashboard's, Ctrl-C) ends the run after the step in progress, with
+    // a checkpoint; a resume finishes it as if it had not stopped.
+    let out_stopped = temp_root("run-stopped");
+    let stopping = options(false);
+    stopping.monitor.request_stop();
+    let part = run_vtab_with::<B>(
+        &config,
+        &model_dir(),
+        &task.root,
+        &out_stopped,
+        &stopping,
+        &device,
+    )
+    .unwrap();
+    assert_eq!(part.steps, 1);
+    assert!(part.evaluations.is_empty());
+    let resumed = run_vtab_with::<B>(
+        &config,
+        &model_dir(),
+        &task.root,
+        &out_stopped,
+        &options(true),
+        &device,
+    )
+    .unwrap();
+    assert_same_report(&resumed, &report);
+    assert_same_metrics(&read_metrics(&out_stopped), &read_metrics(&out));
+
     // A resume with other settings is refused before anything is written.
     let mut other = config.clone();
     other.train.learning_rate = 1e-3;
