@@ -303,15 +303,10 @@ pub fn accuracy_summary(accuracy: &Accuracy) -> BTreeMap<String, f64> {
 
 pub(crate) fn progress_bar(show: bool, len: usize, prefix: &str) -> Option<indicatif::ProgressBar> {
     show.then(|| {
-        let bar = indicatif::ProgressBar::new(len as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix:>5} [{bar:30}] {pos}/{len} ({elapsed} < {eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(prefix.to_string());
-        bar
+        crate::train::monitor::styled_bar(
+            len,
+            prefix,
+            "{prefix:>5} [{bar:30}] {pos}/{len} ({elapsed} < {eta})",
+        )
     })
 }

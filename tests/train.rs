@@ -11,7 +11,8 @@ use burn_ipa::adapter::{AdapterConfig, ProjectorInit};
 use burn_ipa::data::instruction::{TokenizedExample, IGNORE_INDEX};
 use burn_ipa::models::loading::load_decoder;
 use burn_ipa::train::{
-    causal_lm_loss, lm_batch, train, CausalLm, Monitor, RunOptions, TrainConfig, WarmupLinearDecay,
+    causal_lm_loss, lm_batch, train, CausalLm, Monitor, RunOptions, TrainConfig, Validation,
+    WarmupLinearDecay,
 };
 use common::*;
 
@@ -54,19 +55,7 @@ fn run(
     config: &TrainConfig,
     options: &RunOptions,
 ) -> burn_ipa::Result<burn_ipa::train::TrainOutcome<CausalLm<B>>> {
-    let device = Default::default();
-    train(
-        model,
-        items,
-        config,
-        options,
-        &device,
-        |batch: &[&TokenizedExample]| {
-            let owned: Vec<TokenizedExample> = batch.iter().map(|e| (*e).clone()).collect();
-            lm_batch::<B>(&owned, 0, &device)
-        },
-        None,
-    )
+    run_validated(model, items, config, options, None)
 }
 
 #[test]
@@ -455,7 +444,18 @@ fn run_with_validation(
     items: &[TokenizedExample],
     config: &TrainConfig,
     options: &RunOptions,
-    valid: &mut dyn FnMut(&CausalLm<B>) -> burn_ipa::Result<f64>,
+    valid: &mut Validation<'_, CausalLm<B>>,
+) -> burn_ipa::Result<burn_ipa::train::TrainOutcome<CausalLm<B>>> {
+    run_validated(model, items, config, options, Some(valid))
+}
+
+/// Trains the causal LM on `items` (pad id 0), with a validation if given.
+fn run_validated(
+    model: CausalLm<B>,
+    items: &[TokenizedExample],
+    config: &TrainConfig,
+    options: &RunOptions,
+    valid: Option<&mut Validation<'_, CausalLm<B>>>,
 ) -> burn_ipa::Result<burn_ipa::train::TrainOutcome<CausalLm<B>>> {
     let device = Default::default();
     train(
@@ -468,7 +468,7 @@ fn run_with_validation(
             let owned: Vec<TokenizedExample> = batch.iter().map(|e| (*e).clone()).collect();
             lm_batch::<B>(&owned, 0, &device)
         },
-        Some(valid),
+        valid,
     )
 }
 

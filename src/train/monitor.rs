@@ -221,15 +221,11 @@ impl Monitor {
         if !self.bars {
             return;
         }
-        let bar = indicatif::ProgressBar::new(run_steps as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed} < {eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+        let bar = styled_bar(
+            run_steps,
+            "train",
+            "{prefix:>5} [{bar:30}] {pos}/{len} steps {msg} ({elapsed} < {eta})",
         );
-        bar.set_prefix("train");
         bar.set_position(start as u64);
         *self.bar.lock().expect("monitor lock") = Some(bar);
     }
@@ -303,4 +299,16 @@ impl Monitor {
             let _ = renderer.lock().expect("monitor lock").on_train_end(None);
         }
     }
+}
+
+/// A progress bar on standard error in the crate's one style, with `template`'s fields.
+pub(crate) fn styled_bar(len: usize, prefix: &str, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_string());
+    bar
 }
