@@ -44,12 +44,104 @@ pub fn positions_from_mask(mask: &[bool], batch: usize, seq: usize) -> Vec<usize
     out
 }
 
+/// One projector estimator per input site `K`: what a fit pass keeps whatever the model
+/// ([`DecoderFit`] for decoders, `SiglipFit` for the SigLIP vision tower).
+pub(crate) struct SiteEstimators<K, B: Backend> {
+    estimators: BTreeMap<K, Box<dyn ProjectorFit<B>>>,
+    batches: usize,
+}
+
+impl<K: Ord + Copy, B: Backend> SiteEstimators<K, B> {
+    /// An estimator per distinct site of `sites` (`(site, layer, site index, input width)`;
+    /// repeats are ignored), of rank `rank`, the one of layer `l`'s site `i` seeded with
+    /// `seed + 1000 l + i`.
+    pub(crate) fn new(
+        sites: impl IntoIterator<Item = (K, usize, usize, usize)>,
+        algorithm: &FitAlgorithm,
+        rank: usize,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let mut estimators = BTreeMap::new();
+        for (site, layer, index, width) in sites {
+            if let std::collections::btree_map::Entry::Vacant(slot) = estimators.entry(site) {
+                let seed = seed.wrapping_add(1000 * layer as u64 + index as u64);
+                slot.insert(algorithm.build::<B>(width, rank, seed, device)?);
+            }
+        }
+        Ok(Self {
+            estimators,
+            batches: 0,
+        })
+    }
+
+    /// Feeds `rows` (and the mask of the rows to keep) to the estimator of `site`, if there is
+    /// one.
+    pub(crate) fn update(
+        &mut self,
+        site: &K,
+        rows: Tensor<B, 2>,
+        keep: Option<Tensor<B, 1, Bool>>,
+    ) -> Option<Result<()>> {
+        self.estimators
+            .get_mut(site)
+            .map(|estimator| estimator.update(rows, keep))
+    }
+
+    /// Whether `site` has an estimator.
+    pub(crate) fn contains(&self, site: &K) -> bool {
+        self.estimators.contains_key(site)
+    }
+
+    /// Counts a batch as observed.
+    pub(crate) fn batch_done(&mut self) {
+        self.batches += 1;
+    }
+
+    /// Batches observed.
+    pub(crate) fn batches(&self) -> usize {
+        self.batches
+    }
+
+    /// Rows seen by the estimators (the same for every site).
+    pub(crate) fn rows_seen(&self) -> usize {
+        self.estimators
+            .values()
+            .next()
+            .map(|e| e.rows_seen())
+            .unwrap_or(0)
+    }
+
+    /// The sites with an estimator.
+    pub(crate) fn sites(&self) -> Vec<K> {
+        self.estimators.keys().copied().collect()
+    }
+
+    /// The fitted projector of every site; an error names the site with `describe`.
+    pub(crate) fn finish(
+        &self,
+        describe: impl Fn(&K) -> String,
+    ) -> Result<BTreeMap<K, FittedProjector<B>>> {
+        self.estimators
+            .iter()
+            .map(|(site, e)| {
+                e.finish()
+                    .map(|f| (*site, f))
+                    .map_err(|err| Error::Fit(format!("{}: {err}", describe(site))))
+            })
+            .collect()
+    }
+}
+
 /// One estimator per distinct input site of the targeted linears.
 pub struct DecoderFit<B: Backend> {
-    estimators: BTreeMap<Site, Box<dyn ProjectorFit<B>>>,
+    estimators: SiteEstimators<Site, B>,
     targets: Vec<String>,
     layers: Option<Vec<usize>>,
-    batches: usize,
+}
+
+fn describe_site(site: &Site) -> String {
+    format!("layer {} {:?}", site.layer, site.kind)
 }
 
 impl<B: Backend> DecoderFit<B> {
@@ -69,27 +161,20 @@ impl<B: Backend> DecoderFit<B> {
             SiteKind::AttentionOutput => c.num_attention_heads * c.head_dim,
             SiteKind::MlpDown => c.intermediate_size,
         };
-        let mut estimators = BTreeMap::new();
+        let mut sites = Vec::new();
         for layer in 0..c.num_hidden_layers {
             if layers.is_some_and(|l| !l.contains(&layer)) {
                 continue;
             }
             for target in targets {
-                let site = Site {
-                    layer,
-                    kind: site_kind_of(target)?,
-                };
-                if let std::collections::btree_map::Entry::Vacant(e) = estimators.entry(site) {
-                    let seed = seed.wrapping_add(1000 * layer as u64 + site.kind as u64);
-                    e.insert(algorithm.build::<B>(width(site.kind), rank, seed, &device)?);
-                }
+                let kind = site_kind_of(target)?;
+                sites.push((Site { layer, kind }, layer, kind as usize, width(kind)));
             }
         }
         Ok(Self {
-            estimators,
+            estimators: SiteEstimators::new(sites, algorithm, rank, seed, &device)?,
             targets: targets.to_vec(),
             layers: layers.map(<[usize]>::to_vec),
-            batches: 0,
         })
     }
 
@@ -115,54 +200,38 @@ impl<B: Backend> DecoderFit<B> {
             input_ids,
             &options,
             &mut |site: Site, rows: Tensor<B, 2>, keep: &[bool]| {
-                if first_error.is_some() {
+                if first_error.is_some() || !estimators.contains(&site) {
                     return;
                 }
-                if let Some(estimator) = estimators.get_mut(&site) {
-                    let keep = Tensor::<B, 1, Bool>::from_data(
-                        TensorData::new(keep.to_vec(), [keep.len()]),
-                        &device,
-                    );
-                    if let Err(e) = estimator.update(rows, Some(keep)) {
-                        first_error = Some(Error::Fit(format!(
-                            "layer {} {:?}: {e}",
-                            site.layer, site.kind
-                        )));
-                    }
+                let keep = Tensor::<B, 1, Bool>::from_data(
+                    TensorData::new(keep.to_vec(), [keep.len()]),
+                    &device,
+                );
+                if let Some(Err(e)) = estimators.update(&site, rows, Some(keep)) {
+                    first_error = Some(Error::Fit(format!("{}: {e}", describe_site(&site))));
                 }
             },
         )?;
         if let Some(e) = first_error {
             return Err(e);
         }
-        self.batches += 1;
+        self.estimators.batch_done();
         Ok(())
     }
 
     /// Batches observed.
     pub fn batches(&self) -> usize {
-        self.batches
+        self.estimators.batches()
     }
 
     /// Rows seen by the estimators (real tokens; the same for every site).
     pub fn rows_seen(&self) -> usize {
-        self.estimators
-            .values()
-            .next()
-            .map(|e| e.rows_seen())
-            .unwrap_or(0)
+        self.estimators.rows_seen()
     }
 
     /// The fitted projector of every site.
     pub fn finish(&self) -> Result<BTreeMap<Site, FittedProjector<B>>> {
-        self.estimators
-            .iter()
-            .map(|(site, e)| {
-                e.finish().map(|f| (*site, f)).map_err(|err| {
-                    Error::Fit(format!("layer {} {:?}: {err}", site.layer, site.kind))
-                })
-            })
-            .collect()
+        self.estimators.finish(describe_site)
     }
 
     /// Attaches IPA adapters with the fitted projectors to the targeted linears.

@@ -35,10 +35,11 @@ use crate::adapter::{
     ProjectorInit, Scaling,
 };
 use crate::data::vtab::{VtabBatcher, VtabDataset, VtabImage, VtabSplit};
+use crate::fit::SiteEstimators;
 use crate::instruct::{progress_bar, FitPassConfig};
 use crate::models::siglip::{load_siglip, SiglipModel, SiglipSite};
 use crate::models::tokenizer::Tokenizer;
-use crate::projector::{FitAlgorithm, FittedProjector, ProjectorFit};
+use crate::projector::{FitAlgorithm, FittedProjector};
 use crate::train::{
     class_prompt_ids, epoch_order, evaluate_vtab, latest_checkpoint, train, Monitor, RunMetric,
     RunOptions, SiglipClassifier, StepRecord, TrainConfig,
@@ -151,10 +152,13 @@ pub struct VisionSite {
 /// One projector estimator per distinct input of the targeted vision linears, fed by the
 /// frozen vision tower ([`SiglipFit::observe`]); every patch of every image is a row.
 pub struct SiglipFit<B: Backend> {
-    estimators: BTreeMap<VisionSite, Box<dyn ProjectorFit<B>>>,
+    estimators: SiteEstimators<VisionSite, B>,
     targets: Vec<String>,
     layers: Option<Vec<usize>>,
-    batches: usize,
+}
+
+fn describe_vision_site(key: &VisionSite) -> String {
+    format!("vision layer {} {:?}", key.layer, key.site)
 }
 
 impl<B: Backend> SiglipFit<B> {
@@ -173,28 +177,22 @@ impl<B: Backend> SiglipFit<B> {
         check_layers(model, layers)?;
         let c = &model.vision_model.config;
         let device = model.logit_scale.val().device();
-        let mut estimators = BTreeMap::new();
+        let mut sites = Vec::new();
         for layer in 0..c.num_hidden_layers {
             if layers.is_some_and(|l| !l.contains(&layer)) {
                 continue;
             }
             for target in targets {
-                let key = VisionSite {
-                    layer,
-                    site: siglip_site_of(target)?,
-                };
-                if let std::collections::btree_map::Entry::Vacant(slot) = estimators.entry(key) {
-                    let seed = seed.wrapping_add(1000 * layer as u64 + key.site as u64);
-                    // Both inputs are hidden states of width `hidden_size`.
-                    slot.insert(algorithm.build::<B>(c.hidden_size, rank, seed, &device)?);
-                }
+                let site = siglip_site_of(target)?;
+                // Both inputs are hidden states of width `hidden_size`.
+                let key = VisionSite { layer, site };
+                sites.push((key, layer, site as usize, c.hidden_size));
             }
         }
         Ok(Self {
-            estimators,
+            estimators: SiteEstimators::new(sites, algorithm, rank, seed, &device)?,
             targets: targets.to_vec(),
             layers: layers.map(<[usize]>::to_vec),
-            batches: 0,
         })
     }
 
@@ -210,50 +208,37 @@ impl<B: Backend> SiglipFit<B> {
                 if first_error.is_some() {
                     return;
                 }
-                if let Some(estimator) = estimators.get_mut(&VisionSite { layer, site }) {
-                    if let Err(e) = estimator.update(rows, None) {
-                        first_error =
-                            Some(Error::Fit(format!("vision layer {layer} {site:?}: {e}")));
-                    }
+                let key = VisionSite { layer, site };
+                if let Some(Err(e)) = estimators.update(&key, rows, None) {
+                    first_error = Some(Error::Fit(format!("{}: {e}", describe_vision_site(&key))));
                 }
             },
         )?;
         if let Some(e) = first_error {
             return Err(e);
         }
-        self.batches += 1;
+        self.estimators.batch_done();
         Ok(())
     }
 
     /// Batches observed.
     pub fn batches(&self) -> usize {
-        self.batches
+        self.estimators.batches()
     }
 
     /// Rows (patches) seen by the estimators (the same for every site).
     pub fn rows_seen(&self) -> usize {
-        self.estimators
-            .values()
-            .next()
-            .map(|e| e.rows_seen())
-            .unwrap_or(0)
+        self.estimators.rows_seen()
     }
 
     /// The sites with an estimator.
     pub fn sites(&self) -> Vec<VisionSite> {
-        self.estimators.keys().copied().collect()
+        self.estimators.sites()
     }
 
     /// The fitted projector of every site.
     pub fn finish(&self) -> Result<BTreeMap<VisionSite, FittedProjector<B>>> {
-        self.estimators
-            .iter()
-            .map(|(key, e)| {
-                e.finish().map(|f| (*key, f)).map_err(|err| {
-                    Error::Fit(format!("vision layer {} {:?}: {err}", key.layer, key.site))
-                })
-            })
-            .collect()
+        self.estimators.finish(describe_vision_site)
     }
 
     /// Attaches IPA adapters (`ProjectorInit::Fitted`) with the fitted projectors to the
