@@ -266,7 +266,6 @@ impl BackendJob for TrainJob {
         } else {
             Monitor::bars_if(self.progress)
         };
-        monitor.stop_on_ctrl_c()?;
         write_config(&self.out, "train_config.json", &self)?;
         let tokenizer = Tokenizer::from_dir(&self.data.model)?;
         let mut model: Decoder<B> = load_decoder(&self.data.model, &device)?;
@@ -377,6 +376,8 @@ impl BackendJob for TrainJob {
                 "--fit-mode online trains on one device; drop --devices".into(),
             ));
         }
+        // From here Ctrl-C checkpoints and stops (before, it ends the process: nothing to keep).
+        monitor.stop_on_ctrl_c()?;
         let start = std::time::Instant::now();
         let outcome = finetune::<Autodiff<B>>(
             model,

@@ -194,7 +194,7 @@ impl Monitor {
             if interrupter.should_stop() {
                 std::process::exit(130);
             }
-            eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
+            eprintln!("\nstopping after the current training step (Ctrl-C again to quit at once)");
             interrupter.stop(Some("interrupted"));
         })
         .map_err(|e| Error::State(format!("cannot install the Ctrl-C handler: {e}")))
