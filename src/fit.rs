@@ -266,28 +266,36 @@ pub fn install_projectors<B: Backend>(
     adapter: &AdapterConfig,
     projectors: &BTreeMap<Site, Tensor<B, 2>>,
 ) -> Result<Vec<String>> {
+    attach_fitted(
+        adapter,
+        |path| {
+            let layer = path.split('.').nth(2)?.parse::<usize>().ok()?;
+            let kind = site_kind_of(path.rsplit('.').next()?).ok()?;
+            projectors.get(&Site { layer, kind }).cloned()
+        },
+        |init| model.attach_adapters(targets, layers, adapter, init),
+    )
+}
+
+/// Attaches IPA adapters through `attach` (a model's `attach_adapters`, handed the projector
+/// init of each path) with the projector `projector_of` finds for each adapted path. The
+/// adapter must be IPA; a path without a projector is an error naming it.
+pub(crate) fn attach_fitted<B: Backend>(
+    adapter: &AdapterConfig,
+    projector_of: impl Fn(&str) -> Option<Tensor<B, 2>>,
+    attach: impl FnOnce(&mut dyn FnMut(&str) -> ProjectorInit<B>) -> Result<Vec<String>>,
+) -> Result<Vec<String>> {
     if adapter.method != AdapterMethod::Ipa {
         return Err(Error::Config(
             "fitted projectors are for IPA adapters (method ipa)".into(),
         ));
     }
     let mut missing = None;
-    let adapted = model.attach_adapters(targets, layers, adapter, |path| {
-        let layer = path
-            .split('.')
-            .nth(2)
-            .and_then(|s| s.parse::<usize>().ok())
-            .unwrap_or(0);
-        let name = path.rsplit('.').next().unwrap_or_default();
-        match site_kind_of(name)
-            .ok()
-            .and_then(|kind| projectors.get(&Site { layer, kind }))
-        {
-            Some(p) => ProjectorInit::Fitted(p.clone()),
-            None => {
-                missing = Some(path.to_string());
-                ProjectorInit::Zeros
-            }
+    let adapted = attach(&mut |path: &str| match projector_of(path) {
+        Some(p) => ProjectorInit::Fitted(p),
+        None => {
+            missing.get_or_insert_with(|| path.to_string());
+            ProjectorInit::Zeros
         }
     })?;
     if let Some(path) = missing {

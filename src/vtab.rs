@@ -35,7 +35,7 @@ use crate::adapter::{
     ProjectorInit, Scaling,
 };
 use crate::data::vtab::{VtabBatcher, VtabDataset, VtabImage, VtabSplit};
-use crate::fit::SiteEstimators;
+use crate::fit::{attach_fitted, SiteEstimators};
 use crate::instruct::{progress_bar, FitPassConfig};
 use crate::models::siglip::{load_siglip, SiglipModel, SiglipSite};
 use crate::models::tokenizer::Tokenizer;
@@ -278,32 +278,18 @@ pub fn install_vision_projectors<B: Backend>(
     adapter: &AdapterConfig,
     projectors: &BTreeMap<VisionSite, Tensor<B, 2>>,
 ) -> Result<Vec<String>> {
-    if adapter.method != AdapterMethod::Ipa {
-        return Err(Error::Config(
-            "fitted projectors are for IPA adapters (method ipa)".into(),
-        ));
-    }
     for target in targets {
         siglip_site_of(target)?;
     }
-    let mut missing = None;
-    let adapted = attach_vision_adapters(model, targets, layers, adapter, |path| {
-        let projector = vision_layer_target(path).and_then(|(layer, name)| {
+    attach_fitted(
+        adapter,
+        |path| {
+            let (layer, name) = vision_layer_target(path)?;
             let site = siglip_site_of(name).ok()?;
-            projectors.get(&VisionSite { layer, site })
-        });
-        match projector {
-            Some(p) => ProjectorInit::Fitted(p.clone()),
-            None => {
-                missing.get_or_insert_with(|| path.to_string());
-                ProjectorInit::Zeros
-            }
-        }
-    })?;
-    if let Some(path) = missing {
-        return Err(Error::Fit(format!("no fitted projector for {path}")));
-    }
-    Ok(adapted)
+            projectors.get(&VisionSite { layer, site }).cloned()
+        },
+        |init| attach_vision_adapters(model, targets, layers, adapter, init),
+    )
 }
 
 /// The fit pass over images: runs the frozen vision tower (no adapters, no autodiff) over the

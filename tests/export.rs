@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, Int, Tensor};
 use burn_ipa::adapter::{AdapterConfig, ProjectorInit, Scaling};
 use burn_ipa::export::{
     decoder_linears, export_merged, export_merged_with, export_peft, export_peft_for, load_peft,
@@ -56,32 +56,7 @@ fn expected(case: &str) -> Value {
 }
 
 fn inputs(expected: &Value) -> (Tensor<B, 2, Int>, ForwardOptions) {
-    let rows: Vec<Vec<i64>> = expected["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_i64().unwrap())
-                .collect()
-        })
-        .collect();
-    let (b, s) = (rows.len(), rows[0].len());
-    let mask: Vec<bool> = expected["attention_mask"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_i64().unwrap() != 0)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let ids = Tensor::from_data(TensorData::new(rows.concat(), [b, s]), &Default::default());
+    let (ids, mask, _) = ids_and_mask::<B>(expected);
     let options = ForwardOptions {
         attention_mask: Some(mask),
         position_ids: None,

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 use burn_ipa::models::loading::{decoder_remapper, load_decoder, load_weights};
 use burn_ipa::models::{Decoder, DecoderConfig, ForwardOptions, Site, SiteKind};
 use common::*;
@@ -16,36 +16,6 @@ fn model_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models")
         .join(name)
-}
-
-fn ids_and_mask(expected: &serde_json::Value) -> (Tensor<B, 2, Int>, Vec<bool>, [usize; 2]) {
-    let rows: Vec<Vec<i64>> = expected["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_i64().unwrap())
-                .collect()
-        })
-        .collect();
-    let (b, s) = (rows.len(), rows[0].len());
-    let mask: Vec<bool> = expected["attention_mask"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_i64().unwrap() != 0)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let ids = Tensor::from_data(TensorData::new(rows.concat(), [b, s]), &Default::default());
-    (ids, mask, [b, s])
 }
 
 /// Logits at the real (unpadded) positions only: HF's values at padded queries are arbitrary.

@@ -41,17 +41,6 @@ fn temp_root(tag: &str) -> TempDir {
     common::temp_dir(&format!("vtab-pipeline-{tag}"))
 }
 
-/// A deterministic 8×8 image, different for each `seed`.
-fn write_png(path: &Path, seed: u32) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut img = image::RgbImage::new(8, 8);
-    for (x, y, px) in img.enumerate_pixels_mut() {
-        let v = |k: u32| ((x * 37 + y * 91 + seed * 53 + k * 71) * (seed + 3) % 256) as u8;
-        *px = image::Rgb([v(0), v(1), v(2)]);
-    }
-    img.save(path).unwrap();
-}
-
 /// A task folder `<root>/shapes` of three classes with `n` images `images/img <i>.png`.
 struct Task {
     root: TempDir,

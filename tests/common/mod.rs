@@ -205,3 +205,48 @@ pub fn adapter_values<BB: Backend, M: burn_store::ModuleSnapshot<BB>>(model: &M)
         })
         .collect()
 }
+
+/// The `input_ids` and `attention_mask` of an HF fixture's expected.json: ids `[batch, seq]`,
+/// the mask flattened row by row, and the shape.
+pub fn ids_and_mask<B: Backend>(
+    expected: &serde_json::Value,
+) -> (Tensor<B, 2, burn::tensor::Int>, Vec<bool>, [usize; 2]) {
+    let rows: Vec<Vec<i64>> = expected["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect()
+        })
+        .collect();
+    let (b, s) = (rows.len(), rows[0].len());
+    let mask: Vec<bool> = expected["attention_mask"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap() != 0)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let ids = Tensor::from_data(TensorData::new(rows.concat(), [b, s]), &Default::default());
+    (ids, mask, [b, s])
+}
+
+/// A deterministic 8×8 image, different for each `seed`.
+pub fn write_png(path: &std::path::Path, seed: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut img = image::RgbImage::new(8, 8);
+    for (x, y, px) in img.enumerate_pixels_mut() {
+        let v = |k: u32| ((x * 37 + y * 91 + seed * 53 + k * 71) * (seed + 3) % 256) as u8;
+        *px = image::Rgb([v(0), v(1), v(2)]);
+    }
+    img.save(path).unwrap();
+}
