@@ -86,14 +86,45 @@ impl<J: BackendJob> BackendJob for Bf16<J> {
     }
 }
 
-/// Runs `job` on the chosen backend and device index (GPU ordinal; ignored on the CPU).
+/// Checks that device `index` of `device`'s kind exists on backend `B`.
+pub fn check_device<B: Backend>(device: &B::Device, index: usize, name: &str) -> Result<()> {
+    use burn::prelude::DeviceOps;
+    let count = B::device_count(device.to_id().type_id);
+    if index >= count.max(1) {
+        return Err(Error::Config(format!(
+            "--device {index}: the {name} backend has {} device(s) of this kind (0..{})",
+            count.max(1),
+            count.max(1) - 1
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `job` on backend `B` and `device` (device `index` of its kind), after checking that it
+/// exists.
+fn run_checked<B: Backend, J: BackendJob>(
+    job: J,
+    device: B::Device,
+    index: usize,
+    name: &str,
+) -> Result<J::Output> {
+    check_device::<B>(&device, index, name)?;
+    job.run::<B>(device, name)
+}
+
+/// Runs `job` on the chosen backend and device index (its ordinal; CPU backends have only 0).
 #[allow(unused_variables)]
 pub fn run_on<J: BackendJob>(kind: BackendKind, device_index: usize, job: J) -> Result<J::Output> {
     match kind {
         BackendKind::Ndarray => {
             #[cfg(feature = "ndarray")]
             {
-                return job.run::<burn::backend::NdArray<f32>>(Default::default(), "ndarray");
+                return run_checked::<burn::backend::NdArray<f32>, J>(
+                    job,
+                    Default::default(),
+                    device_index,
+                    "ndarray",
+                );
             }
             #[allow(unreachable_code)]
             Err(not_built(kind))
@@ -106,7 +137,11 @@ pub fn run_on<J: BackendJob>(kind: BackendKind, device_index: usize, job: J) -> 
                 } else {
                     burn::backend::wgpu::WgpuDevice::DiscreteGpu(device_index)
                 };
-                return job.run::<burn::backend::Wgpu>(device, "wgpu");
+                // The default device is whichever adapter wgpu picks; others are discrete GPUs.
+                if device_index == 0 {
+                    return job.run::<burn::backend::Wgpu>(device, "wgpu");
+                }
+                return run_checked::<burn::backend::Wgpu, J>(job, device, device_index, "wgpu");
             }
             #[allow(unreachable_code)]
             Err(not_built(kind))
@@ -118,7 +153,7 @@ pub fn run_on<J: BackendJob>(kind: BackendKind, device_index: usize, job: J) -> 
                 let device = burn::backend::cuda::CudaDevice {
                     index: device_index,
                 };
-                return job.run::<burn::backend::Cuda>(device, "cuda");
+                return run_checked::<burn::backend::Cuda, J>(job, device, device_index, "cuda");
             }
             #[allow(unreachable_code)]
             Err(not_built(kind))

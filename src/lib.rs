@@ -23,12 +23,10 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod fit;
-pub mod instruct;
 pub mod models;
-pub mod online;
+pub mod pipelines;
 pub mod projector;
 pub mod quickstart;
 pub mod train;
-pub mod vtab;
 
 pub use error::{Error, Result};

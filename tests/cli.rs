@@ -59,6 +59,8 @@ fn fit_train_eval_export_merge_with_resume_checks() {
         "4",
         "--fit-fraction",
         "0.5",
+        "--val-set-size",
+        "4",
         "--out",
         s(&fit),
         "--quiet",
@@ -114,10 +116,61 @@ fn fit_train_eval_export_merge_with_resume_checks() {
     // The same command again resumes from the final checkpoint: nothing left to do.
     let again = ok(&first.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(again.contains("4 steps (0 this run)"), "{again}");
-    // --max-steps is part of the run's settings: a different value is another run.
-    let other: Vec<String> = train_args("18");
-    let (success, _, stderr) = ipa(&other.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(!success && stderr.contains("max_steps"), "{stderr}");
+    // --max-steps only says where this process stops: a larger one continues the run, which
+    // then ends as an uninterrupted one.
+    let longer: Vec<String> = train_args("18");
+    let stdout = ok(&longer.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(stdout.contains("18 steps (14 this run)"), "{stdout}");
+    let resumed_metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let whole_run = root.join("whole");
+    let whole: Vec<String> = train_args("18")
+        .into_iter()
+        .map(|a| {
+            if a == s(&run) {
+                s(&whole_run).to_string()
+            } else {
+                a
+            }
+        })
+        .collect();
+    ok(&whole.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        std::fs::read_to_string(whole_run.join("metrics.csv")).unwrap(),
+        resumed_metrics
+    );
+    assert!(
+        common::tensors(&whole_run.join("adapter/adapter_model.safetensors"))
+            == common::tensors(&run.join("adapter/adapter_model.safetensors")),
+        "the resumed run ends with other adapter weights than the uninterrupted one"
+    );
+
+    // Without --projectors, `ipa train` fits first, on the same split and shuffle as `ipa
+    // fit`: the same projectors.
+    let fits_itself = root.join("fits-itself");
+    let own: Vec<String> = train_args("1")
+        .into_iter()
+        .map(|a| {
+            if a == s(&run) {
+                s(&fits_itself).to_string()
+            } else {
+                a
+            }
+        })
+        .collect();
+    let mut own: Vec<String> = own.into_iter().filter(|a| a != "--resume").collect();
+    let at = own.iter().position(|a| a == "--projectors").unwrap();
+    own.drain(at..at + 2);
+    own.extend(["--fit-fraction".into(), "0.5".into()]);
+    ok(&own.iter().map(String::as_str).collect::<Vec<_>>());
+    let (own, fitted) = (
+        common::tensors(&fits_itself.join("projectors.safetensors")),
+        common::tensors(&fit.join("projectors.safetensors")),
+    );
+    assert_eq!(own.len(), 6);
+    assert!(
+        own == fitted,
+        "`ipa train` fitted other projectors than `ipa fit`"
+    );
 
     let adapter = run.join("adapter");
     assert!(adapter.join("adapter_model.safetensors").is_file());

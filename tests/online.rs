@@ -12,7 +12,7 @@ use burn_ipa::fit::{site_kind_of, DecoderFit};
 use burn_ipa::models::llama::Decoder;
 use burn_ipa::models::loading::load_decoder;
 use burn_ipa::models::Site;
-use burn_ipa::online::{finetune_online, OnlineFit, OnlineProjectorFit, WarmStart};
+use burn_ipa::pipelines::online::{finetune_online, OnlineFit, OnlineProjectorFit, WarmStart};
 use burn_ipa::projector::{FitAlgorithm, GhaConfig};
 use burn_ipa::train::{
     epoch_order, lm_batch, train_with_hook, CausalLm, Monitor, RunOptions, TrainConfig,
@@ -55,6 +55,7 @@ fn config() -> TrainConfig {
         checkpoint_every: 1,
         valid_every: 0,
         seed: 7,
+        ..TrainConfig::default()
     }
 }
 
@@ -68,12 +69,12 @@ fn run(
     finetune_online::<B>(
         model,
         items,
-        &[],
         cfg,
         options,
         online,
         0,
         &Default::default(),
+        None,
     )
 }
 

@@ -4,9 +4,10 @@ mod common;
 
 use burn_ipa::data::instruction::{load_examples, PromptStyle};
 use burn_ipa::eval::commonsense::Task;
-use burn_ipa::instruct::attach_saved_adapter;
 use burn_ipa::models::loading::load_decoder;
 use burn_ipa::models::tokenizer::Tokenizer;
+use burn_ipa::pipelines::instruct::attach_saved_adapter;
+use burn_ipa::pipelines::out_dir::Existing;
 use burn_ipa::quickstart::vocab::{words, UNK};
 use burn_ipa::quickstart::world::{pretraining_corpus, task_set, TASKS};
 use burn_ipa::quickstart::{run_quickstart, write_embedded_base, QuickstartConfig};
@@ -67,7 +68,8 @@ fn the_bundled_tokenizer_knows_every_generated_word() {
 fn reduced_quickstart_runs_end_to_end() {
     let out = temp_dir("run");
     let config = QuickstartConfig::reduced();
-    let rows = run_quickstart::<B>(&config, &out, &Default::default(), false).unwrap();
+    let rows =
+        run_quickstart::<B>(&config, &out, &Default::default(), false, Existing::Refuse).unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,
@@ -106,9 +108,15 @@ fn reduced_quickstart_runs_end_to_end() {
             row.name
         );
         let mut model = load_decoder::<B>(&base_dir, &Default::default()).unwrap();
-        let targets = attach_saved_adapter(&mut model, &dir.join("adapter")).unwrap();
-        assert_eq!(targets.len(), 5);
-        let predictions = std::fs::read_to_string(dir.join("predictions.jsonl")).unwrap();
+        let adapter = attach_saved_adapter(&mut model, &dir.join("adapter")).unwrap();
+        assert_eq!(adapter.rank, r);
+        let adapted = model
+            .linears_mut()
+            .into_iter()
+            .filter(|(_, l)| l.adapter.is_some())
+            .count();
+        assert_eq!(adapted, 2 * 5);
+        let predictions = std::fs::read_to_string(dir.join("eval/predictions.jsonl")).unwrap();
         assert_eq!(
             predictions.lines().count(),
             TASKS.len() * config.test_per_task

@@ -46,6 +46,7 @@ fn config() -> TrainConfig {
         checkpoint_every: 2,
         valid_every: 0,
         seed: 7,
+        ..TrainConfig::default()
     }
 }
 
@@ -487,7 +488,7 @@ fn a_metrics_renderer_sees_every_step_and_validation_of_the_history() {
         ..RunOptions::default()
     };
     let mut calls = 0;
-    let mut valid = |_: &CausalLm<B>| {
+    let mut valid = |_: &CausalLm<B>, _: usize| {
         calls += 1;
         Ok(1.0 / calls as f64)
     };
@@ -539,7 +540,7 @@ fn a_stop_request_checkpoints_the_step_and_resume_finishes_the_run() {
     };
     let adapter = AdapterConfig::lora(4).with_dropout(0.1);
     let initial = adapted_model(&adapter);
-    let mut constant = |_: &CausalLm<B>| Ok(0.5);
+    let mut constant = |_: &CausalLm<B>, _: usize| Ok(0.5);
     let whole = run_with_validation(
         initial.clone(),
         &items,
@@ -561,7 +562,7 @@ fn a_stop_request_checkpoints_the_step_and_resume_finishes_the_run() {
         monitor: monitor.clone(),
     };
     let mut step = 0;
-    let mut stopping = |_: &CausalLm<B>| {
+    let mut stopping = |_: &CausalLm<B>, _: usize| {
         step += 1;
         if step == 3 {
             monitor.request_stop();

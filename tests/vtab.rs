@@ -608,6 +608,7 @@ fn the_training_loop_trains_the_classifier_and_checkpoints_only_adapters() {
         checkpoint_every: 2,
         valid_every: 0,
         seed: 3,
+        ..TrainConfig::default()
     };
     let options = RunOptions {
         out_dir: Some(out_dir.clone()),

@@ -13,15 +13,15 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::Tensor;
 use burn_ipa::adapter::{read_adapter_config, AdapterConfig, AdapterMethod};
 use burn_ipa::data::vtab::{VtabBatcher, VtabDataset, VtabImage, VtabSplit};
-use burn_ipa::instruct::FitPassConfig;
+use burn_ipa::fit::{fit_count, siglip_fit_pass, FitPassConfig, SiglipFit, VisionSite};
 use burn_ipa::models::siglip::{load_siglip, pixel_batch, SiglipSite};
+use burn_ipa::pipelines::out_dir::Existing;
+use burn_ipa::pipelines::vtab::{
+    attach_saved_siglip_adapter, read_report, run_vtab, run_vtab_with, VtabReport, VtabRunConfig,
+    VtabRunOptions, BEST_ADAPTER_DIR, EVAL_CSV_FILE, REPORT_FILE, VTAB_CONFIG_FILE,
+};
 use burn_ipa::projector::FitAlgorithm;
 use burn_ipa::train::{epoch_order, evaluate_vtab, Monitor, SiglipClassifier, TrainConfig};
-use burn_ipa::vtab::{
-    attach_saved_siglip_adapter, fit_count, read_report, run_vtab, run_vtab_with, siglip_fit_pass,
-    SiglipFit, VisionSite, VtabReport, VtabRunConfig, VtabRunOptions, BEST_ADAPTER_DIR,
-    EVAL_CSV_FILE, REPORT_FILE, VTAB_CONFIG_FILE,
-};
 use common::*;
 
 type B = TestBackend;
@@ -150,7 +150,8 @@ fn the_siglip_fit_pass_equals_fitting_each_sites_inputs_directly() {
 
         // The same images, in the same order and batches, captured by the tapping forward and
         // fed to estimators built as the fit pass documents.
-        let order = epoch_order(n, seed, 0);
+        // The split file's order, as the official script's fit reads it.
+        let order: Vec<usize> = (0..n).collect();
         let mut captured: BTreeMap<(usize, SiglipSite), Vec<Tensor<B, 2>>> = BTreeMap::new();
         for chunk in order[..take].chunks(batch) {
             let pixels: Vec<Vec<f32>> =
@@ -268,6 +269,12 @@ fn short_config(method: AdapterMethod) -> VtabRunConfig {
     config.fit_batch_size = 3;
     config.eval_every = 1;
     config.eval_batch_size = 4;
+    // A scale that learns in a few steps, the projector frozen (the protocol's defaults,
+    // scaling 0.05 with a trainable projector, are checked on their own).
+    if method == AdapterMethod::Ipa {
+        config.scaling = Some(0.5);
+        config.train_projector = Some(false);
+    }
     config.train = TrainConfig {
         learning_rate: 2e-2,
         weight_decay: 0.0,
@@ -279,6 +286,7 @@ fn short_config(method: AdapterMethod) -> VtabRunConfig {
         checkpoint_every: 0,
         valid_every: 0,
         seed: 3,
+        ..TrainConfig::default()
     };
     config
 }
@@ -286,7 +294,12 @@ fn short_config(method: AdapterMethod) -> VtabRunConfig {
 fn options(resume: bool) -> VtabRunOptions {
     VtabRunOptions {
         monitor: Monitor::silent(),
-        resume,
+        // A fresh run replaces what an earlier test run left.
+        existing: if resume {
+            Existing::Resume
+        } else {
+            Existing::Overwrite
+        },
         class_ids: Some(class_ids(3)),
     }
 }
@@ -295,7 +308,10 @@ fn options(resume: bool) -> VtabRunOptions {
 fn read_metrics(out: &Path) -> Vec<(usize, usize, f64)> {
     let text = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("step,epoch,loss,lr,valid_loss,accuracy"));
+    assert_eq!(
+        lines.next(),
+        Some("step,epoch,loss,lr,valid_loss,accuracy,grad_norm")
+    );
     lines
         .map(|line| {
             let f: Vec<&str> = line.split(',').collect();
@@ -582,11 +598,48 @@ fn a_short_ipa_run_writes_its_files_learns_and_keeps_the_best_adapter() {
     )
     .unwrap_err()
     .to_string();
-    assert_mentions(&err, &["checkpoints", "other settings"]);
+    assert_mentions(
+        &err,
+        &["checkpoints", "config.train.learning_rate: 0.02 → 0.001"],
+    );
     assert_eq!(
         std::fs::read(out_resumed.join(VTAB_CONFIG_FILE)).unwrap(),
         before
     );
+}
+
+#[test]
+fn the_protocols_defaults_are_the_official_scripts() {
+    // valeoai/peft-ipa `vtab/train_script_siglip2.py` on HF Trainer's defaults.
+    let config = VtabRunConfig::new("cifar100");
+    let ipa = config.adapter();
+    assert_eq!(ipa.method, AdapterMethod::Ipa);
+    assert_eq!((ipa.rank, ipa.scale(), ipa.dropout), (8, 0.05, 0.1));
+    assert!(ipa.train_projector, "pre_ipca_requires_grad");
+    assert_eq!(config.targets, strings(&["q_proj", "v_proj"]));
+    assert_eq!((config.fit_fraction, config.fit_batch_size), (1.0, 64));
+    let t = &config.train;
+    assert_eq!(
+        (t.learning_rate, t.weight_decay, t.warmup_steps),
+        (1e-3, 0.0, 0)
+    );
+    assert_eq!((t.batch_size, t.epochs), (64, 100));
+    assert_eq!((t.max_grad_norm, t.adam_epsilon), (1.0, 1e-8));
+    let lora = VtabRunConfig {
+        method: AdapterMethod::Lora,
+        ..config.clone()
+    }
+    .adapter();
+    assert_eq!((lora.rank, lora.scale(), lora.dropout), (8, 1.0, 0.1));
+    assert!(lora.train_projector);
+    // The scalings are the method's own: a LoRA alpha on IPA is refused, and so on.
+    let mut bad = config.clone();
+    bad.alpha = Some(8.0);
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("--scaling"));
 }
 
 #[test]
@@ -608,7 +661,8 @@ fn a_short_lora_run_trains_the_projector_too() {
     check_run(&task, &out, &report);
     assert_eq!(report.method, AdapterMethod::Lora);
     assert!(report.adapter.train_projector);
-    assert_eq!(report.adapter.scale(), 2.0);
+    // The official script's alpha = r.
+    assert_eq!(report.adapter.scale(), 1.0);
     // P (r × 64) and B (r × 64) of 4 layers.
     assert_eq!(report.trainable_params, 4 * 2 * 2 * WIDTH);
 }

@@ -74,6 +74,10 @@ impl AdaptedLinearConfig {
 pub enum ProjectorInit<B: Backend> {
     /// LoRA's kaiming-uniform draw with `a = √5`: `U(−1/√d_in, 1/√d_in)`, as HF peft.
     KaimingUniform,
+    /// Orthonormal rows spanning a uniformly random `r`-dimensional subspace (a Gaussian draw,
+    /// orthonormalised), as the official code's frozen random projector
+    /// (`nn.init.orthogonal_`). Needs `r ≤ d_in`.
+    Orthogonal,
     /// All zeros: a placeholder until a fit provides the projector (the output is unchanged).
     Zeros,
     /// A fitted projector `P`, shape `[r, d_in]` with orthonormal rows for IPA.
@@ -162,6 +166,15 @@ impl<B: Backend> AdaptedLinear<B> {
             ProjectorInit::KaimingUniform => {
                 let bound = 1.0 / (d_in as f64).sqrt();
                 Tensor::random([d_in, r], Distribution::Uniform(-bound, bound), &device)
+            }
+            ProjectorInit::Orthogonal => {
+                if r > d_in {
+                    return Err(Error::Config(format!(
+                        "an orthogonal projector of rank {r} needs r ≤ d_in = {d_in}"
+                    )));
+                }
+                let g = Tensor::random([d_in, r], Distribution::Normal(0.0, 1.0), &device);
+                crate::projector::device::orthonormalize_columns(g)?
             }
             ProjectorInit::Zeros => Tensor::zeros([d_in, r], &device),
             ProjectorInit::Fitted(p) => {

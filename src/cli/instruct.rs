@@ -1,31 +1,32 @@
-//! `ipa fit`, `ipa train`, `ipa eval`: the commonsense instruction-tuning pipeline.
+//! `ipa fit`, `ipa train`, `ipa eval`: the instruction-tuning pipeline
+//! ([`burn_ipa::pipelines::instruct`]) from the command line.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-use burn::backend::Autodiff;
-use burn::module::AutodiffModule;
+use burn::prelude::DeviceOps;
 use burn::tensor::backend::Backend;
-use burn_ipa::adapter::{save_adapter, write_atomic, AdapterConfig, ProjectorInit, Scaling};
+use burn_ipa::adapter::AdapterMethod;
 use burn_ipa::backend::BackendJob;
-use burn_ipa::data::instruction::{load_examples, InstructionExample, PromptStyle};
-use burn_ipa::eval::commonsense::Task;
-use burn_ipa::fit::{install_projectors, load_projectors, save_projectors};
-use burn_ipa::instruct::{
-    accuracy_summary, attach_saved_adapter, check_vocabulary, evaluate, finetune, fit_pass,
-    tokenize_all, write_predictions, FitPassConfig,
+use burn_ipa::data::instruction::PromptStyle;
+use burn_ipa::fit::FitPassConfig;
+use burn_ipa::pipelines::instruct::{
+    self, AdapterSpec, DataSpec, EvalRun, FitRun, Keep, ProjectorSource, RandomInit, RunControl,
+    TrainRun,
 };
-use burn_ipa::models::generate::GenerationConfig;
-use burn_ipa::models::llama::Decoder;
-use burn_ipa::models::loading::load_decoder;
-use burn_ipa::models::tokenizer::Tokenizer;
-use burn_ipa::train::{epoch_order, Monitor, RunOptions, TrainConfig};
+use burn_ipa::pipelines::online::{OnlineFit, WarmStart};
+use burn_ipa::pipelines::out_dir::Existing;
+use burn_ipa::train::{Monitor, TrainConfig};
 use burn_ipa::{Error, Result};
 use clap::{Args, ValueEnum};
-use serde::Serialize;
+
+use super::{exit_code, BackendArgs, OutArgs, ProgressArgs};
+
+/// The default target modules of the paper's LLM runs.
+pub const DEFAULT_TARGETS: &str = "q_proj,k_proj,v_proj,up_proj,down_proj";
 
 /// The model and data every instruction-tuning command reads.
-#[derive(Args, Debug, Clone, Serialize)]
+#[derive(Args, Debug, Clone)]
 pub struct DataArgs {
     /// HF model folder: config.json, model.safetensors (or shards), tokenizer.json.
     #[arg(long)]
@@ -38,417 +39,477 @@ pub struct DataArgs {
     pub cutoff: usize,
     /// Prompt layout: `llm-adapters` (byte for byte as the official scripts) or `clean`.
     #[arg(long, value_enum, default_value = "llm-adapters")]
-    pub prompt_style: PromptStyleArg,
-    /// Exclude the prompt from the loss (LLM-Adapters' train_on_inputs = False).
+    pub prompt_style: PromptStyle,
+    /// Exclude the prompt from the loss (LLM-Adapters' train_on_inputs = False; the official
+    /// runs train on the whole sequence).
     #[arg(long)]
     pub mask_prompt: bool,
+    /// Examples held out from a seeded shuffle for the validation loss (LLM-Adapters: 120);
+    /// the projector fit never reads them either, so `ipa fit` and `ipa train` agree.
+    #[arg(long, default_value_t = 120)]
+    pub val_set_size: usize,
 }
 
-/// Prompt layouts.
-#[derive(Clone, Copy, Debug, ValueEnum, Serialize)]
-pub enum PromptStyleArg {
-    /// As LLM-Adapters' scripts, whitespace included.
-    LlmAdapters,
-    /// The same sections without the stray indentation.
-    Clean,
-}
-
-impl From<PromptStyleArg> for PromptStyle {
-    fn from(a: PromptStyleArg) -> Self {
-        match a {
-            PromptStyleArg::LlmAdapters => PromptStyle::LlmAdapters,
-            PromptStyleArg::Clean => PromptStyle::Clean,
+impl DataArgs {
+    fn spec(&self) -> DataSpec {
+        DataSpec {
+            model: self.model.clone(),
+            data: self.data.clone(),
+            cutoff: self.cutoff,
+            prompt_style: self.prompt_style,
+            mask_prompt: self.mask_prompt,
+            val_set_size: self.val_set_size,
         }
     }
 }
 
-/// Projector-fit settings.
-#[derive(Args, Debug, Clone, Serialize)]
-pub struct FitArgs {
-    /// Fit algorithm: ipca (scikit-learn's IncrementalPCA), rsvd (the authors' randomized
-    /// IPCA), gha (generalized Hebbian), covariance (exact streaming PCA).
-    #[arg(long, default_value = "ipca")]
-    pub algorithm: String,
-    /// Fraction of the training set the fit reads (first part of the seeded shuffle).
-    #[arg(long, default_value_t = 0.1)]
-    pub fit_fraction: f64,
-    /// Sequences per fit forward pass.
-    #[arg(long, default_value_t = 8)]
-    pub fit_batch_size: usize,
+/// Settings of the forward-only projector fit.
+#[derive(Args, Debug, Clone)]
+pub struct FitPassArgs {
+    /// Fit algorithm: ipca (scikit-learn's IncrementalPCA, exact SVD per batch), rsvd (the
+    /// authors' randomized IPCA, `torch.svd_lowrank` with niter 3: what the paper's tables
+    /// used), gha (generalized Hebbian), covariance (exact streaming PCA) [default: ipca].
+    #[arg(long)]
+    pub algorithm: Option<String>,
+    /// Fraction of the training split the fit reads: the first part of its seeded shuffle
+    /// [default: 0.1, as the official runs].
+    #[arg(long)]
+    pub fit_fraction: Option<f64>,
+    /// Sequences per fit forward pass [default: 64, the official runs' batch].
+    #[arg(long)]
+    pub fit_batch_size: Option<usize>,
 }
 
-/// When IPA's projectors are fitted (`ipa train`).
-#[derive(Args, Debug, Clone, Serialize)]
-pub struct FitModeArgs {
-    /// `pre`: fit once before training, adapters disabled (the official pre_ipca/pre_gha);
-    /// `online`: update the projectors from the inputs of the training forward passes
-    /// (online_ipca/online_gha).
+impl FitPassArgs {
+    fn algorithm(&self) -> String {
+        self.algorithm.clone().unwrap_or_else(|| "ipca".into())
+    }
+
+    fn config(&self, rank: usize, seed: u64) -> FitPassConfig {
+        FitPassConfig {
+            algorithm: self.algorithm(),
+            rank,
+            fraction: self.fit_fraction.unwrap_or(0.1),
+            batch_size: self.fit_batch_size.unwrap_or(64),
+            seed,
+        }
+    }
+
+    /// An error when a fit setting is given to a run that has no fit pass before training.
+    fn refuse(&self, why: &str) -> Result<()> {
+        let given: Vec<&str> = [
+            (self.algorithm.is_some(), "--algorithm"),
+            (self.fit_fraction.is_some(), "--fit-fraction"),
+            (self.fit_batch_size.is_some(), "--fit-batch-size"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if given.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "{} set the projector fit before training, which this run does not have ({why})",
+            given.join(", ")
+        )))
+    }
+}
+
+/// Adapter methods.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum MethodArg {
+    /// Fitted projector.
+    Ipa,
+    /// Random projector.
+    Lora,
+}
+
+impl From<MethodArg> for AdapterMethod {
+    fn from(m: MethodArg) -> Self {
+        match m {
+            MethodArg::Ipa => AdapterMethod::Ipa,
+            MethodArg::Lora => AdapterMethod::Lora,
+        }
+    }
+}
+
+/// Adapter settings.
+#[derive(Args, Debug, Clone)]
+pub struct AdapterArgs {
+    /// Adapter method: ipa (projector fitted to the layer's inputs) or lora (random).
+    #[arg(long, value_enum, default_value = "ipa")]
+    pub method: MethodArg,
+    /// Rank r (the paper's LLM runs: 32).
+    #[arg(long, default_value_t = 32)]
+    pub rank: usize,
+    /// IPA: the update's plain scaling factor [default: 0.25, 0.4 for Gemma-3, as the
+    /// official scripts].
+    #[arg(long)]
+    pub scaling: Option<f64>,
+    /// LoRA/DoRA: the update is scaled by alpha / r [default: 2·r].
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Dropout on the adapter input [default: 0 for IPA, 0.05 for LoRA and DoRA, as the
+    /// official scripts].
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Train the projector too (`--train-projector` or `--train-projector true`: the paper's
+    /// "Proj FT ✓"; `false`: frozen) [default: true for lora, false for ipa].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub train_projector: Option<bool>,
+    /// LoRA: how the random projector is drawn [default: kaiming (HF peft) when it trains,
+    /// orthogonal when frozen (the official code's random baseline)].
+    #[arg(long, value_enum)]
+    pub projector_init: Option<RandomInit>,
+    /// DoRA: learn a magnitude per output as well (with --method ipa: IPA+DoRA).
+    #[arg(long)]
+    pub dora: bool,
+    /// Target modules (HF names, comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_TARGETS)]
+    pub targets: Vec<String>,
+}
+
+impl AdapterArgs {
+    fn spec(&self) -> AdapterSpec {
+        AdapterSpec {
+            method: self.method.into(),
+            rank: self.rank,
+            scaling: self.scaling,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            train_projector: self.train_projector,
+            dora: self.dora,
+        }
+    }
+}
+
+/// When IPA's projectors are fitted.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum FitMode {
+    /// Before training, adapters disabled (the official pre_ipca / pre_gha).
+    Pre,
+    /// During training, from the inputs of the training forward passes (online_ipca /
+    /// online_gha).
+    Online,
+}
+
+/// Optimisation settings (defaults: the official scripts, on HF Trainer's defaults).
+#[derive(Args, Debug, Clone)]
+pub struct OptimArgs {
+    /// Peak learning rate (the official scripts: 1e-4; Llama-2 LoRA 3e-4, DoRA 2e-4).
+    #[arg(long, default_value_t = 1e-4)]
+    pub learning_rate: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Epochs.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Examples per optimizer step.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Examples per forward/backward pass; the gradients of batch-size / micro-batch-size
+    /// passes are averaged (the official runs use 16 at once; the same step in less memory).
+    #[arg(long, default_value_t = 4)]
+    pub micro_batch_size: usize,
+    /// Linear warm-up steps, then linear decay to 0.
+    #[arg(long, default_value_t = 100)]
+    pub warmup_steps: usize,
+    /// Stop after this many optimizer steps (the schedule still spans every epoch).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Checkpoint every N optimizer steps (0: only at the end).
+    #[arg(long, default_value_t = 80)]
+    pub checkpoint_every: usize,
+    /// Validation loss every N optimizer steps, and at the end of the schedule (0: never).
+    #[arg(long, default_value_t = 80)]
+    pub valid_every: usize,
+    /// Clip the global gradient norm to this value (HF Trainer: 1.0); 0: no clipping.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// AdamW's epsilon (HF Trainer: 1e-8; burn's own default is 1e-5).
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_epsilon: f64,
+    /// Which adapter ends up in <out>/adapter: `best` validation loss (HF's
+    /// load_best_model_at_end, every official run) or `last`.
+    #[arg(long, value_enum, default_value = "best")]
+    pub keep: Keep,
+    /// Seeds the data order, dropout, the validation split, the fit and random projectors.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl OptimArgs {
+    fn config(&self) -> TrainConfig {
+        TrainConfig {
+            learning_rate: self.learning_rate,
+            weight_decay: self.weight_decay,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            micro_batch_size: self.micro_batch_size,
+            warmup_steps: self.warmup_steps,
+            max_steps: self.max_steps,
+            checkpoint_every: self.checkpoint_every,
+            valid_every: self.valid_every,
+            seed: self.seed,
+            max_grad_norm: self.max_grad_norm,
+            adam_epsilon: self.adam_epsilon,
+        }
+    }
+}
+
+/// `ipa fit`.
+#[derive(Args, Debug, Clone)]
+pub struct FitCmd {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub fit: FitPassArgs,
+    /// Projector rank.
+    #[arg(long, default_value_t = 32)]
+    pub rank: usize,
+    /// Target modules (HF names, comma-separated); q/k/v share one projector, as gate/up do.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_TARGETS)]
+    pub targets: Vec<String>,
+    /// Seeds the validation split, the shuffle and the randomized fits (as `ipa train
+    /// --seed`).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub out: OutArgs,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
+}
+
+impl FitCmd {
+    /// Runs the command.
+    pub fn run(self) -> Result<ExitCode> {
+        let backend = self.backend.clone();
+        let report = backend.run(self)?;
+        println!(
+            "fitted {} projectors of rank {} from {} tokens in {:.1}s ({:.0} tokens/s); saved to {}",
+            report.projectors,
+            report.rank,
+            report.tokens,
+            report.seconds,
+            report.tokens as f64 / report.seconds.max(1e-9),
+            report.path.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl BackendJob for FitCmd {
+    type Output = instruct::FitReport;
+    fn run<B: Backend>(self, device: B::Device, _: &str) -> Result<Self::Output> {
+        let run = FitRun {
+            data: self.data.spec(),
+            targets: self.targets.clone(),
+            fit: self.fit.config(self.rank, self.seed),
+        };
+        let control = RunControl {
+            existing: Some(self.out.existing()),
+            monitor: self.progress.monitor(),
+            ..RunControl::default()
+        };
+        instruct::fit::<B>(&run, &self.out.out, &control, &device)
+    }
+}
+
+/// `ipa train`.
+#[derive(Args, Debug, Clone)]
+pub struct TrainCmd {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub adapter: AdapterArgs,
+    #[command(flatten)]
+    pub fit: FitPassArgs,
+    /// `pre`: fit IPA's projectors once before training (the official pre_ipca/pre_gha);
+    /// `online`: update them from the training forward passes (online_ipca/online_gha).
     #[arg(long, value_enum, default_value = "pre")]
     pub fit_mode: FitMode,
     /// Online: replace the projectors every N micro-batches.
     #[arg(long, default_value_t = 1)]
     pub online_update_every: usize,
-    /// Online: stop fitting after N optimizer steps (projectors fixed afterwards; needed for
-    /// --resume to be exact).
+    /// Online: stop fitting after N optimizer steps (the projectors stay fixed afterwards;
+    /// needed for --resume to be exact). The official online modes never stop.
     #[arg(long)]
     pub online_stop_after: Option<usize>,
-}
-
-/// Projector fit schedules.
-#[derive(Clone, Copy, Debug, ValueEnum, Serialize, PartialEq)]
-pub enum FitMode {
-    /// Before training.
-    Pre,
-    /// During training.
-    Online,
-}
-
-/// Adapter settings.
-#[derive(Args, Debug, Clone, Serialize)]
-pub struct AdapterArgs {
-    /// Adapter method: ipa (fitted projector) or lora (random projector).
-    #[arg(long, value_enum, default_value = "ipa")]
-    pub method: MethodArg,
-    /// Rank r.
-    #[arg(long, default_value_t = 32)]
-    pub rank: usize,
-    /// LoRA alpha; the update is scaled by alpha / r (default 2·r).
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    /// Projectors from `ipa fit` (IPA) instead of fitting them first.
     #[arg(long)]
-    pub alpha: Option<f64>,
-    /// Train the projector too (the paper's "Proj FT ✓"); by default it stays frozen.
-    #[arg(long)]
-    pub train_projector: bool,
-    /// DoRA: learn a magnitude per output as well.
-    #[arg(long)]
-    pub dora: bool,
-    /// Dropout on the adapter input.
-    #[arg(long, default_value_t = 0.05)]
-    pub dropout: f64,
-    /// Target modules (HF names, comma-separated).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "q_proj,k_proj,v_proj,up_proj,down_proj"
-    )]
-    pub targets: Vec<String>,
-}
-
-/// Adapter methods.
-#[derive(Clone, Copy, Debug, ValueEnum, Serialize, PartialEq)]
-pub enum MethodArg {
-    /// Fitted projector.
-    Ipa,
-    /// Random (Kaiming-uniform) projector.
-    Lora,
-}
-
-impl AdapterArgs {
-    pub fn config(&self) -> AdapterConfig {
-        let base = match self.method {
-            MethodArg::Ipa => AdapterConfig::ipa(self.rank),
-            MethodArg::Lora => AdapterConfig::lora(self.rank),
-        };
-        base.with_scaling(Scaling::Alpha {
-            alpha: self.alpha.unwrap_or(2.0 * self.rank as f64),
-            rslora: false,
-        })
-        .with_train_projector(self.train_projector || self.method == MethodArg::Lora)
-        .with_dora(self.dora)
-        .with_dropout(self.dropout)
-    }
-}
-
-fn pad_of(tokenizer: &Tokenizer) -> u32 {
-    tokenizer
-        .pad_token_id
-        .or(tokenizer.eos_token_id)
-        .unwrap_or(0)
-}
-
-fn write_config<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    let bytes = serde_json::to_vec_pretty(value).expect("serialisable config");
-    write_atomic(&dir.join(name), &bytes)
-}
-
-/// `ipa fit`.
-#[derive(Serialize)]
-pub struct FitJob {
-    pub data: DataArgs,
-    pub fit: FitArgs,
-    pub rank: usize,
-    pub targets: Vec<String>,
-    pub seed: u64,
-    pub out: PathBuf,
-    #[serde(skip)]
-    pub progress: bool,
-}
-
-impl BackendJob for FitJob {
-    type Output = ();
-    fn run<B: Backend>(self, device: B::Device, _: &str) -> Result<()> {
-        write_config(&self.out, "fit_config.json", &self)?;
-        let tokenizer = Tokenizer::from_dir(&self.data.model)?;
-        let model: Decoder<B> = load_decoder(&self.data.model, &device)?;
-        let examples = load_examples(&self.data.data, false)?;
-        let tokenized = tokenize_all(
-            &tokenizer,
-            &examples,
-            self.data.prompt_style.into(),
-            self.data.cutoff,
-            self.data.mask_prompt,
-        )?;
-        check_vocabulary(&tokenized, model.config.vocab_size)?;
-        let config = FitPassConfig {
-            algorithm: self.fit.algorithm.clone(),
-            rank: self.rank,
-            fraction: self.fit.fit_fraction,
-            batch_size: self.fit.fit_batch_size,
-            seed: self.seed,
-        };
-        let start = std::time::Instant::now();
-        let fit = fit_pass(
-            &model,
-            &tokenized,
-            &self.targets,
-            &config,
-            pad_of(&tokenizer),
-            self.progress,
-        )?;
-        let fitted = fit.finish()?;
-        save_projectors(&fitted, &self.out)?;
-        let seconds = start.elapsed().as_secs_f64();
-        println!(
-            "fitted {} projectors of rank {} from {} tokens in {seconds:.1}s ({:.0} tokens/s); saved to {}",
-            fitted.len(),
-            self.rank,
-            fit.rows_seen(),
-            fit.rows_seen() as f64 / seconds.max(1e-9),
-            self.out.join(burn_ipa::fit::PROJECTORS_FILE).display()
-        );
-        Ok(())
-    }
-}
-
-/// `ipa train`.
-#[derive(Serialize)]
-pub struct TrainJob {
-    pub data: DataArgs,
-    pub adapter: AdapterArgs,
-    pub fit: FitArgs,
-    pub fit_mode: FitModeArgs,
-    /// Fitted projectors from `ipa fit` (IPA); fitted now when absent.
     pub projectors: Option<PathBuf>,
-    pub train: TrainConfig,
-    /// Examples held out for the validation loss (LLM-Adapters: 120).
-    pub val_set_size: usize,
+    /// Output folder: train_config.json, metrics.csv, checkpoints/, adapter/,
+    /// train_report.json (and projectors.safetensors when it fits).
+    #[arg(long)]
     pub out: PathBuf,
-    /// GPU ordinals to spread each step's micro-batches over (data parallelism); empty: the
-    /// `--device` alone.
-    #[serde(skip)]
-    pub devices: Vec<usize>,
-    #[serde(skip)]
+    /// Continue the run in --out from its latest intact checkpoint (refused, naming what
+    /// differs, if its settings, model or data changed).
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
-    #[serde(skip)]
-    pub progress: bool,
-    /// burn-train's dashboard instead of progress bars.
-    #[serde(skip)]
+    /// Replace what --out holds (by default a non-empty folder is refused).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Data parallelism: device ordinals (comma-separated) to spread each step's micro-batches
+    /// over; the model and optimizer live on the first. Gradients are gathered as
+    /// burn-train's multi-device strategy does.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<usize>,
+    /// Do not show progress bars.
+    #[arg(long, conflicts_with = "tui")]
+    pub quiet: bool,
+    /// Show burn-train's terminal dashboard (plots of loss, learning rate and validation
+    /// loss, progress, ETA) instead of progress bars; `q` offers to stop after a
+    /// checkpoint. It keeps one CPU core busy redrawing.
+    #[arg(long)]
     pub tui: bool,
 }
 
-impl BackendJob for TrainJob {
-    type Output = ();
-    fn run<B: Backend>(self, device: B::Device, _: &str) -> Result<()> {
-        self.train.validate()?;
-        let adapter = self.adapter.config();
-        let monitor = if self.tui {
-            Monitor::dashboard()?
-        } else {
-            Monitor::bars_if(self.progress)
+impl TrainCmd {
+    /// The run's settings.
+    pub fn run_settings(&self) -> Result<TrainRun> {
+        let seed = self.optim.seed;
+        let method: AdapterMethod = self.adapter.method.into();
+        let online = self.fit_mode == FitMode::Online;
+        if self.adapter.projector_init.is_some() && method != AdapterMethod::Lora {
+            return Err(Error::Config(
+                "--projector-init draws LoRA's random projector; IPA's are fitted".into(),
+            ));
+        }
+        if !online && (self.online_stop_after.is_some() || self.online_update_every != 1) {
+            return Err(Error::Config(
+                "--online-update-every and --online-stop-after need --fit-mode online".into(),
+            ));
+        }
+        match (method, &self.projectors, online) {
+            (AdapterMethod::Lora, _, _) => self.fit.refuse("LoRA's projectors are random")?,
+            (_, Some(_), _) => self.fit.refuse("--projectors gives them")?,
+            (_, None, true)
+                if self.fit.fit_fraction.is_some() || self.fit.fit_batch_size.is_some() =>
+            {
+                return Err(Error::Config(
+                    "--fit-fraction and --fit-batch-size set the fit before training; \
+                     --fit-mode online fits from the training batches"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        let projectors = match (method, &self.projectors, online) {
+            (AdapterMethod::Lora, Some(path), _) => ProjectorSource::Saved { path: path.clone() },
+            (AdapterMethod::Lora, None, true) => ProjectorSource::Online {
+                fit: OnlineFit::new(&self.fit.algorithm())?,
+            },
+            (AdapterMethod::Lora, None, false) => {
+                let trains = self.adapter.train_projector.unwrap_or(true);
+                ProjectorSource::Random {
+                    init: self.adapter.projector_init.unwrap_or(if trains {
+                        RandomInit::Kaiming
+                    } else {
+                        RandomInit::Orthogonal
+                    }),
+                }
+            }
+            (AdapterMethod::Ipa, Some(_), true) => {
+                return Err(Error::Config(
+                    "--fit-mode online fits the projectors during training: drop --projectors"
+                        .into(),
+                ))
+            }
+            (AdapterMethod::Ipa, Some(path), false) => {
+                ProjectorSource::Saved { path: path.clone() }
+            }
+            (AdapterMethod::Ipa, None, true) => ProjectorSource::Online {
+                fit: OnlineFit {
+                    update_every: self.online_update_every,
+                    stop_after: self.online_stop_after,
+                    warm_start: WarmStart::Zero,
+                    seed,
+                    ..OnlineFit::new(&self.fit.algorithm())?
+                },
+            },
+            (AdapterMethod::Ipa, None, false) => ProjectorSource::PreFit {
+                fit: self.fit.config(self.adapter.rank, seed),
+            },
         };
-        write_config(&self.out, "train_config.json", &self)?;
-        let tokenizer = Tokenizer::from_dir(&self.data.model)?;
-        let mut model: Decoder<B> = load_decoder(&self.data.model, &device)?;
-        let examples = load_examples(&self.data.data, false)?;
-        let (train_set, valid_set) =
-            split_validation(&examples, self.val_set_size, self.train.seed)?;
-        let style: PromptStyle = self.data.prompt_style.into();
-        let tokenize = |set: &[InstructionExample]| {
-            tokenize_all(
-                &tokenizer,
-                set,
-                style,
-                self.data.cutoff,
-                self.data.mask_prompt,
-            )
-        };
-        let train_tok = tokenize(&train_set)?;
-        let valid_tok = tokenize(&valid_set)?;
-        check_vocabulary(&train_tok, model.config.vocab_size)?;
-        check_vocabulary(&valid_tok, model.config.vocab_size)?;
-        let pad = pad_of(&tokenizer);
+        Ok(TrainRun {
+            data: self.data.spec(),
+            targets: self.adapter.targets.clone(),
+            adapter: self.adapter.spec(),
+            projectors,
+            train: self.optim.config(),
+            keep: self.optim.keep,
+        })
+    }
 
-        let online = self.fit_mode.fit_mode == FitMode::Online;
-        if online && (self.adapter.method != MethodArg::Ipa || self.projectors.is_some()) {
-            return Err(Error::Config(
-                "--fit-mode online fits IPA projectors during training: use it with --method ipa \
-                 and without --projectors"
-                    .into(),
-            ));
-        }
-        // LoRA's random down-projections (and any other random init) follow --seed: a
-        // re-run gives the same adapters.
-        B::seed(&device, self.train.seed);
-        match self.adapter.method {
-            MethodArg::Ipa if online => {
-                // Placeholder projectors; the online fit writes the real ones.
-                model.attach_adapters(&self.adapter.targets, None, &adapter, |_| {
-                    ProjectorInit::Zeros
-                })?;
-            }
-            MethodArg::Lora => {
-                model.attach_adapters(&self.adapter.targets, None, &adapter, |_| {
-                    ProjectorInit::KaimingUniform
-                })?;
-            }
-            MethodArg::Ipa => {
-                let projectors = match &self.projectors {
-                    Some(path) => load_projectors::<B>(path, &device)?,
-                    None => {
-                        let config = FitPassConfig {
-                            algorithm: self.fit.algorithm.clone(),
-                            rank: self.adapter.rank,
-                            fraction: self.fit.fit_fraction,
-                            batch_size: self.fit.fit_batch_size,
-                            seed: self.train.seed,
-                        };
-                        let fit = fit_pass(
-                            &model,
-                            &train_tok,
-                            &self.adapter.targets,
-                            &config,
-                            pad,
-                            monitor.shows_bars(),
-                        )?;
-                        let fitted = fit.finish()?;
-                        save_projectors(&fitted, &self.out)?;
-                        fitted
-                            .into_iter()
-                            .map(|(site, f)| (site, f.components))
-                            .collect()
-                    }
-                };
-                install_projectors(
-                    &mut model,
-                    &self.adapter.targets,
-                    None,
-                    &adapter,
-                    &projectors,
-                )?;
-            }
-        }
-        let trainable: usize = model
-            .linears_mut()
-            .into_iter()
-            .map(|(_, l)| l.trainable_params())
-            .sum();
-        println!(
-            "training {} adapters ({trainable} trainable parameters) on {} examples, {} held out",
-            self.adapter.targets.join(","),
-            train_tok.len(),
-            valid_tok.len()
-        );
-        let mut fingerprint = serde_json::to_value(&self).expect("json");
-        if let Some(obj) = fingerprint.as_object_mut() {
-            // Where the run writes does not make it a different run.
-            obj.remove("out");
-        }
-        let options = RunOptions {
-            out_dir: Some(self.out.clone()),
-            resume: self.resume,
-            fingerprint,
-            stop_after: None,
-            monitor: monitor.clone(),
-        };
-        let devices = data_parallel_devices::<B>(&device, &self.devices)?;
-        if online && devices.len() > 1 {
-            return Err(Error::Config(
-                "--fit-mode online trains on one device; drop --devices".into(),
-            ));
-        }
-        // From here Ctrl-C checkpoints and stops (before, it ends the process: nothing to keep).
-        monitor.stop_on_ctrl_c()?;
-        let start = std::time::Instant::now();
-        let outcome = finetune::<Autodiff<B>>(
-            model,
-            &train_tok,
-            &valid_tok,
-            &self.train,
-            &options,
-            pad,
-            &devices,
-        );
-        monitor.finish();
-        // The last handles on a dashboard give the terminal back before anything prints.
-        drop(options);
-        drop(monitor);
-        let outcome = outcome?;
-        if outcome.stopped_early {
+    /// Runs the command: 0 when the run finished, 130 when it stopped on request.
+    pub fn run(self) -> Result<ExitCode> {
+        let backend = self.backend.clone();
+        let report = backend.run(self.clone())?;
+        if report.stopped_early {
             println!(
                 "stopped on request after step {} of {}; the checkpoint is in {}: the same \
                  command with --resume continues",
-                outcome.history.last().map_or(0, |r| r.step),
-                self.train.run_steps(train_tok.len()),
+                report.steps,
+                report.run_steps,
                 self.out.join("checkpoints").display()
             );
-            return Ok(());
+            return Ok(exit_code(true));
         }
-        let seconds = start.elapsed().as_secs_f64();
-        let steps = outcome.history.len() - outcome.resumed_from;
-        let tokens: usize = train_tok.iter().map(|t| t.input_ids.len()).sum();
-        let per_step = tokens as f64 / self.train.steps_per_epoch(train_tok.len()) as f64;
-        let trained = outcome.model.decoder.valid();
-        let adapter_dir = self.out.join("adapter");
-        save_adapter(
-            &trained,
-            &adapter,
-            BTreeMap::from([(
-                "base_model".to_string(),
-                self.data.model.display().to_string(),
-            )]),
-            &adapter_dir,
-        )?;
-        if let Some(last) = outcome.history.last() {
-            println!(
-                "{} steps ({} this run) in {seconds:.1}s, {:.0} tokens/s; last loss {:.4}{}; adapter in {}",
-                outcome.history.len(),
-                steps,
-                per_step * steps as f64 / seconds.max(1e-9),
-                last.loss,
-                last.valid_loss
-                    .map(|v| format!(", validation loss {v:.4}"))
-                    .unwrap_or_default(),
-                adapter_dir.display()
-            );
-        }
-        Ok(())
+        println!(
+            "{} steps ({} this run), {:.0} tokens/s; last loss {}; adapter of step {}{} in {}",
+            report.steps,
+            report.steps - report.resumed_from,
+            report.tokens_per_second,
+            report
+                .last_loss
+                .map_or("-".to_string(), |l| format!("{l:.4}")),
+            report.kept_step.map_or("-".to_string(), |s| s.to_string()),
+            report
+                .kept_valid_loss
+                .map(|v| format!(" (validation loss {v:.4})"))
+                .unwrap_or_default(),
+            report.adapter_dir.display()
+        );
+        Ok(exit_code(false))
     }
 }
 
 /// The devices of `--devices`: the same kind as `device`, by ordinal (`device` alone when the
-/// list is empty). The first one holds the model and the optimizer.
-fn data_parallel_devices<B: Backend>(
+/// list is empty), each checked against the backend's device count.
+pub fn data_parallel_devices<B: Backend>(
     device: &B::Device,
     ordinals: &[usize],
+    backend_name: &str,
 ) -> Result<Vec<B::Device>> {
-    use burn::prelude::DeviceOps;
     if ordinals.is_empty() {
         return Ok(vec![device.clone()]);
     }
     let type_id = device.to_id().type_id;
+    let count = B::device_count(type_id);
+    let mut seen = Vec::new();
     ordinals
         .iter()
         .map(|&i| {
+            if i >= count {
+                return Err(Error::Config(format!(
+                    "--devices: ordinal {i}, but the {backend_name} backend has {count} \
+                     device(s) of this kind (0..{})",
+                    count.saturating_sub(1)
+                )));
+            }
+            if seen.contains(&i) {
+                return Err(Error::Config(format!(
+                    "--devices: ordinal {i} is given twice"
+                )));
+            }
+            seen.push(i);
             let index = u16::try_from(i)
                 .map_err(|_| Error::Config(format!("--devices: ordinal {i} is out of range")))?;
             Ok(B::Device::from_id(burn::tensor::backend::DeviceId::new(
@@ -458,81 +519,105 @@ fn data_parallel_devices<B: Backend>(
         .collect()
 }
 
-/// Holds out `n` examples for validation from a seeded shuffle (as LLM-Adapters'
-/// `train_test_split(test_size=val_set_size, seed=42)` does, though not the same draw).
-fn split_validation(
-    examples: &[InstructionExample],
-    n: usize,
-    seed: u64,
-) -> Result<(Vec<InstructionExample>, Vec<InstructionExample>)> {
-    if n >= examples.len() {
-        return Err(Error::Config(format!(
-            "--val-set-size {n} leaves no training examples (the data has {})",
-            examples.len()
-        )));
+impl BackendJob for TrainCmd {
+    type Output = instruct::TrainReport;
+    fn run<B: Backend>(self, device: B::Device, backend_name: &str) -> Result<Self::Output> {
+        let run = self.run_settings()?;
+        let existing = Existing::from_flags(self.resume, self.overwrite)?;
+        let monitor = if self.tui {
+            Monitor::dashboard()?
+        } else {
+            Monitor::bars_if(!self.quiet)
+        };
+        let devices = data_parallel_devices::<B>(&device, &self.devices, backend_name)?;
+        let control = RunControl {
+            existing: Some(existing),
+            monitor,
+            ctrl_c: true,
+            stop_after: None,
+        };
+        let report = instruct::train::<B>(&run, &self.out, &control, &devices);
+        // The last handles on a dashboard give the terminal back before anything prints.
+        drop(control);
+        report
     }
-    let order = epoch_order(examples.len(), seed ^ 0x5EED, 0);
-    let valid = order[..n].iter().map(|&i| examples[i].clone()).collect();
-    let train = order[n..].iter().map(|&i| examples[i].clone()).collect();
-    Ok((train, valid))
 }
 
 /// `ipa eval`.
-#[derive(Serialize)]
-pub struct EvalJob {
+#[derive(Args, Debug, Clone)]
+pub struct EvalCmd {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// HF model folder.
+    #[arg(long)]
     pub model: PathBuf,
+    /// Adapter folder: `ipa train`'s <out>/adapter, or an HF peft LoRA/DoRA adapter (none:
+    /// the base model).
+    #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Folder with `<dataset>/test.json` per task (LLM-Adapters' `dataset/`).
+    /// Folder with <dataset>/test.json per task (LLM-Adapters' dataset/).
+    #[arg(long)]
     pub data_dir: PathBuf,
+    /// Tasks (comma-separated dataset names).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "boolq,piqa,social_i_qa,hellaswag,winogrande,ARC-Easy,ARC-Challenge,openbookqa"
+    )]
     pub tasks: Vec<String>,
-    pub prompt_style: PromptStyleArg,
+    /// Prompt layout.
+    #[arg(long, value_enum, default_value = "llm-adapters")]
+    pub prompt_style: PromptStyle,
+    /// Beams (the official evaluation: 4; 1 is greedy decoding, several times faster).
+    #[arg(long, default_value_t = 4)]
     pub num_beams: usize,
+    /// Tokens generated at most (official: 32).
+    #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
+    /// Prompts per batch (greedy decoding; beam search runs one prompt at a time).
+    #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// Evaluate only the first N examples of each task.
+    #[arg(long)]
     pub limit: Option<usize>,
-    pub out: PathBuf,
-    #[serde(skip)]
-    pub progress: bool,
+    #[command(flatten)]
+    pub out: OutArgs,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
-impl BackendJob for EvalJob {
-    type Output = ();
-    fn run<B: Backend>(self, device: B::Device, _: &str) -> Result<()> {
-        write_config(&self.out, "eval_config.json", &self)?;
-        let tokenizer = Tokenizer::from_dir(&self.model)?;
-        let mut model: Decoder<B> = load_decoder(&self.model, &device)?;
-        if let Some(dir) = &self.adapter {
-            attach_saved_adapter(&mut model, dir)?;
-        }
-        let mut tests = Vec::new();
-        for name in &self.tasks {
-            let task = Task::from_name(name)?;
-            let path = self.data_dir.join(task.dataset_name()).join("test.json");
-            let mut set = load_examples(&path, true)?;
-            if let Some(limit) = self.limit {
-                set.truncate(limit);
-            }
-            tests.push((task, set));
-        }
-        let mut generation = GenerationConfig::greedy(&model, self.max_new_tokens);
-        generation.pad_token_id = pad_of(&tokenizer);
-        generation = generation.with_beams(self.num_beams);
-        let (accuracy, predictions) = evaluate(
-            &model,
-            &tokenizer,
-            self.prompt_style.into(),
-            &tests,
-            &generation,
-            self.batch_size,
-            self.progress,
-        )?;
-        write_predictions(&self.out.join("predictions.jsonl"), &predictions)?;
-        let summary = accuracy_summary(&accuracy);
-        write_config(&self.out, "accuracy.json", &summary)?;
+impl EvalCmd {
+    /// Runs the command and prints the accuracy table.
+    pub fn run(self) -> Result<ExitCode> {
+        let backend = self.backend.clone();
+        let report = backend.run(self)?;
         println!("| task | accuracy |\n|---|---:|");
-        for (task, acc) in &summary {
+        for (task, acc) in &report.accuracy {
             println!("| {task} | {:.1} |", 100.0 * acc);
         }
-        Ok(())
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl BackendJob for EvalCmd {
+    type Output = instruct::EvalReport;
+    fn run<B: Backend>(self, device: B::Device, _: &str) -> Result<Self::Output> {
+        let run = EvalRun {
+            model: self.model.clone(),
+            adapter: self.adapter.clone(),
+            data_dir: self.data_dir.clone(),
+            tasks: self.tasks.clone(),
+            prompt_style: self.prompt_style,
+            num_beams: self.num_beams,
+            max_new_tokens: self.max_new_tokens,
+            batch_size: self.batch_size,
+            limit: self.limit,
+        };
+        let control = RunControl {
+            existing: Some(self.out.existing()),
+            monitor: self.progress.monitor(),
+            ..RunControl::default()
+        };
+        instruct::evaluate::<B>(&run, &self.out.out, &control, &device)
     }
 }

@@ -2,20 +2,26 @@
 //! best adapter).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use burn::tensor::backend::Backend;
-use burn_ipa::adapter::AdapterMethod;
-use burn_ipa::backend::{run_on, BackendJob, BackendKind};
+use burn_ipa::backend::BackendJob;
+use burn_ipa::pipelines::out_dir::Existing;
+use burn_ipa::pipelines::vtab::{
+    run_vtab_with, VtabReport, VtabRunConfig, VtabRunOptions, BEST_ADAPTER_DIR,
+};
 use burn_ipa::train::Monitor;
-use burn_ipa::vtab::{run_vtab_with, VtabReport, VtabRunConfig, VtabRunOptions, BEST_ADAPTER_DIR};
 use burn_ipa::Result;
 use clap::Args;
 
 use super::instruct::MethodArg;
+use super::{exit_code, BackendArgs};
 
 /// Options of `ipa vtab`. Unset options take the protocol's values ([`VtabRunConfig::new`]).
 #[derive(Args, Debug, Clone)]
-pub struct VtabArgs {
+pub struct VtabCmd {
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// SigLIP model folder: config.json, model.safetensors (or shards) and tokenizer.json.
     #[arg(long)]
     pub model: PathBuf,
@@ -44,13 +50,19 @@ pub struct VtabArgs {
     /// Adapter rank r [default: 8].
     #[arg(long)]
     pub rank: Option<usize>,
-    /// Scale the update by alpha / r [default: a factor of 0.5 for ipa, alpha = 2r for lora].
+    /// LoRA: scale the update by alpha / r [default: alpha = r, the official script's; the
+    /// paper's text says 2r].
     #[arg(long)]
     pub alpha: Option<f64>,
+    /// IPA: the update's scaling factor [default: 0.05, the official script's; the paper's
+    /// text says 0.5].
+    #[arg(long)]
+    pub scaling: Option<f64>,
     /// Dropout on the adapter input [default: 0.1].
     #[arg(long)]
     pub dropout: Option<f64>,
-    /// Train the projector (true/false) [default: true for lora, false for ipa].
+    /// Train the projector (true/false) [default: true, for ipa too: the official script's
+    /// pre_ipca_requires_grad].
     #[arg(long)]
     pub train_projector: Option<bool>,
     /// Vision linears to adapt in every encoder layer, comma-separated (q_proj, k_proj,
@@ -60,16 +72,16 @@ pub struct VtabArgs {
     /// Fit algorithm for ipa: ipca, rsvd, gha, covariance [default: ipca].
     #[arg(long)]
     pub fit_algorithm: Option<String>,
-    /// Fraction of the training images the fit reads [default: 1.0].
+    /// Fraction of the training images the fit reads, in file order [default: 1.0].
     #[arg(long)]
     pub fit_fraction: Option<f64>,
-    /// Images per fit forward pass [default: 16].
+    /// Images per fit forward pass [default: 64].
     #[arg(long)]
     pub fit_batch_size: Option<usize>,
     /// Peak learning rate [default: 1e-3].
     #[arg(long)]
     pub learning_rate: Option<f64>,
-    /// AdamW weight decay [default: 1e-4].
+    /// AdamW weight decay [default: 0, HF Trainer's].
     #[arg(long)]
     pub weight_decay: Option<f64>,
     /// Epochs [default: 100].
@@ -82,7 +94,7 @@ pub struct VtabArgs {
     /// are accumulated [default: the batch size].
     #[arg(long)]
     pub micro_batch_size: Option<usize>,
-    /// Linear warm-up steps, then linear decay [default: 160, 10 epochs of 1000 images].
+    /// Linear warm-up steps, then linear decay [default: 0, HF Trainer's].
     #[arg(long)]
     pub warmup_steps: Option<usize>,
     /// Stop after this many optimizer steps (the schedule still spans every epoch).
@@ -103,9 +115,17 @@ pub struct VtabArgs {
     /// Seeds the data order, dropout, the fit and LoRA's projectors [default: 42].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Continue from the latest checkpoint in --out (refused if its settings differ).
+    /// Clip the global gradient norm to this value; 0: no clipping [default: 1.0, HF
+    /// Trainer's].
     #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// Continue from the latest intact checkpoint in --out (refused, naming what differs, if
+    /// its settings, model or data changed).
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Replace what --out holds (by default a non-empty folder is refused).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Do not show progress bars.
     #[arg(long, conflicts_with = "tui")]
     pub quiet: bool,
@@ -114,9 +134,12 @@ pub struct VtabArgs {
     /// one CPU core busy redrawing.
     #[arg(long)]
     pub tui: bool,
+    /// Set by [`VtabCmd::run`]: where progress goes.
+    #[arg(skip)]
+    pub monitor: Option<Monitor>,
 }
 
-impl VtabArgs {
+impl VtabCmd {
     /// The run's settings: the protocol's, with what the options set.
     pub fn config(&self) -> Result<VtabRunConfig> {
         let mut c = VtabRunConfig::new(self.task.clone());
@@ -126,12 +149,10 @@ impl VtabArgs {
         if let Some(s) = &self.eval_split {
             c.eval_split = s.parse()?;
         }
-        c.method = match self.method {
-            MethodArg::Ipa => AdapterMethod::Ipa,
-            MethodArg::Lora => AdapterMethod::Lora,
-        };
+        c.method = self.method.into();
         set(&mut c.rank, self.rank);
         c.alpha = self.alpha;
+        c.scaling = self.scaling;
         set(&mut c.dropout, self.dropout);
         c.train_projector = self.train_projector;
         set(&mut c.targets, self.targets.clone());
@@ -148,6 +169,7 @@ impl VtabArgs {
         t.max_steps = self.max_steps;
         set(&mut t.checkpoint_every, self.checkpoint_every);
         set(&mut t.seed, self.seed);
+        set(&mut t.max_grad_norm, self.max_grad_norm);
         set(&mut c.eval_every, self.eval_every);
         set(&mut c.eval_batch_size, self.eval_batch_size);
         set(&mut c.text_len, self.text_len);
@@ -163,101 +185,93 @@ fn set<T>(field: &mut T, value: Option<T>) {
     }
 }
 
-/// The run on the chosen backend.
-struct VtabJob {
-    config: VtabRunConfig,
-    model: PathBuf,
-    data_root: PathBuf,
-    out: PathBuf,
-    options: VtabRunOptions,
-}
-
-impl BackendJob for VtabJob {
+impl BackendJob for VtabCmd {
     type Output = VtabReport;
     fn run<B: Backend>(self, device: B::Device, _: &str) -> Result<VtabReport> {
+        let config = self.config()?;
+        let options = VtabRunOptions {
+            monitor: self.monitor.clone().unwrap_or_default(),
+            existing: Existing::from_flags(self.resume, self.overwrite)?,
+            class_ids: None,
+        };
         run_vtab_with::<B>(
-            &self.config,
+            &config,
             &self.model,
             &self.data_root,
             &self.out,
-            &self.options,
+            &options,
             &device,
         )
     }
 }
 
-/// `ipa vtab`: runs the protocol and prints the evaluations and the best.
-pub fn run(args: VtabArgs, backend: BackendKind, device: usize) -> Result<()> {
-    let config = args.config()?;
-    let start = std::time::Instant::now();
-    let monitor = if args.tui {
-        Monitor::dashboard()?
-    } else {
-        Monitor::bars_if(!args.quiet)
-    };
-    monitor.stop_on_ctrl_c()?;
-    let job = VtabJob {
-        config: config.clone(),
-        model: args.model.clone(),
-        data_root: args.data_root.clone(),
-        out: args.out.clone(),
-        options: VtabRunOptions {
-            monitor: monitor.clone(),
-            resume: args.resume,
-            class_ids: None,
-        },
-    };
-    let report = run_on(backend, device, job);
-    monitor.finish();
-    let stopped = monitor.stop_requested();
-    // The last handle on a dashboard gives the terminal back before the report prints.
-    drop(monitor);
-    let report = report?;
-    println!(
-        "{}: {} r = {} on {} vision linears ({} trainable parameters); {} {} images, {} {} \
-         images",
-        report.task,
-        report.method,
-        report.adapter.rank,
-        report.adapted.len(),
-        report.trainable_params,
-        report.train_images,
-        report.train_split,
-        report.eval_images,
-        report.eval_split
-    );
-    println!(
-        "| epoch | step | {} accuracy |\n|---:|---:|---:|",
-        report.eval_split
-    );
-    for e in &report.evaluations {
-        println!("| {} | {} | {:.2} |", e.epoch, e.step, 100.0 * e.accuracy);
-    }
-    if let Some(best) = &report.best {
+impl VtabCmd {
+    /// `ipa vtab`: runs the protocol and prints the evaluations and the best; exits with 130
+    /// when stopped on request.
+    pub fn run(mut self) -> Result<ExitCode> {
+        self.config()?;
+        let start = std::time::Instant::now();
+        let monitor = if self.tui {
+            Monitor::dashboard()?
+        } else {
+            Monitor::bars_if(!self.quiet)
+        };
+        monitor.stop_on_ctrl_c()?;
+        self.monitor = Some(monitor.clone());
+        let backend = self.backend.clone();
+        let out = self.out.clone();
+        let report = backend.run(self);
+        monitor.finish();
+        let stopped = monitor.stop_requested();
+        // The last handle on a dashboard gives the terminal back before the report prints.
+        drop(monitor);
+        let report = report?;
         println!(
-            "best: {:.2}% ({}/{}) at epoch {}; adapter in {}",
-            100.0 * best.accuracy,
-            best.correct,
-            best.total,
-            best.epoch,
-            args.out.join(BEST_ADAPTER_DIR).display()
+            "{}: {} r = {} on {} vision linears ({} trainable parameters); {} {} images, {} {} \
+             images",
+            report.task,
+            report.method,
+            report.adapter.rank,
+            report.adapted.len(),
+            report.trainable_params,
+            report.train_images,
+            report.train_split,
+            report.eval_images,
+            report.eval_split
         );
-    }
-    println!(
-        "{} steps, last loss {}, in {:.1}s on {}; metrics, evaluations and config in {}",
-        report.steps,
-        report
-            .final_loss
-            .map_or("-".to_string(), |l| format!("{l:.4}")),
-        start.elapsed().as_secs_f64(),
-        backend.name(),
-        args.out.display()
-    );
-    if stopped {
         println!(
-            "stopped on request after step {}: the same command with --resume continues",
-            report.steps
+            "| epoch | step | {} accuracy |\n|---:|---:|---:|",
+            report.eval_split
         );
+        for e in &report.evaluations {
+            println!("| {} | {} | {:.2} |", e.epoch, e.step, 100.0 * e.accuracy);
+        }
+        if let Some(best) = &report.best {
+            println!(
+                "best: {:.2}% ({}/{}) at epoch {}; adapter in {}",
+                100.0 * best.accuracy,
+                best.correct,
+                best.total,
+                best.epoch,
+                out.join(BEST_ADAPTER_DIR).display()
+            );
+        }
+        println!(
+            "{} steps, last loss {}, in {:.1}s on {}; metrics, evaluations and config in {}",
+            report.steps,
+            report
+                .final_loss
+                .map_or("-".to_string(), |l| format!("{l:.4}")),
+            start.elapsed().as_secs_f64(),
+            backend.backend.name(),
+            out.display()
+        );
+        if stopped {
+            println!(
+                "stopped on request after step {}: the same command with --resume continues",
+                report.steps
+            );
+        }
+        Ok(exit_code(stopped))
     }
-    Ok(())
 }

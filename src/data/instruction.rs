@@ -197,3 +197,37 @@ pub fn tokenize_example(
     }
     Ok(TokenizedExample { input_ids, labels })
 }
+/// Tokenizes every example; an example that yields no tokens is an error naming its index.
+pub fn tokenize_all(
+    tokenizer: &Tokenizer,
+    examples: &[InstructionExample],
+    style: PromptStyle,
+    cutoff: usize,
+    mask_prompt: bool,
+) -> Result<Vec<TokenizedExample>> {
+    examples
+        .iter()
+        .enumerate()
+        .map(|(i, ex)| {
+            let t = tokenize_example(tokenizer, style, ex, cutoff, mask_prompt)?;
+            if t.input_ids.is_empty() {
+                return Err(Error::Config(format!("example {i} has no tokens")));
+            }
+            Ok(t)
+        })
+        .collect()
+}
+
+/// Checks that every token id fits the model's vocabulary (a tokenizer from another model
+/// would otherwise fail deep inside the embedding).
+pub fn check_vocabulary(examples: &[TokenizedExample], vocab_size: usize) -> Result<()> {
+    for (i, ex) in examples.iter().enumerate() {
+        if let Some(&id) = ex.input_ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(Error::Config(format!(
+                "example {i}: token id {id} is outside the model's vocabulary of {vocab_size} \
+                 (is the tokenizer the model's own?)"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -159,22 +159,48 @@ impl DecoderConfig {
         let num_key_value_heads = f
             .opt_usize("num_key_value_heads")?
             .unwrap_or(num_attention_heads);
-        if num_attention_heads == 0
-            || num_key_value_heads == 0
-            || num_attention_heads % num_key_value_heads != 0
-        {
+        for (key, value) in [
+            ("hidden_size", hidden_size),
+            ("num_attention_heads", num_attention_heads),
+            ("num_key_value_heads", num_key_value_heads),
+        ] {
+            if value == 0 {
+                return Err(f.err(key, "must be at least 1"));
+            }
+        }
+        if num_attention_heads % num_key_value_heads != 0 {
             return Err(f.err(
                 "num_key_value_heads",
                 format!(
-                    "{num_key_value_heads} must divide num_attention_heads = {num_attention_heads}"
+                    "{num_key_value_heads} does not divide num_attention_heads = \
+                     {num_attention_heads} (each key/value head serves a group of query heads)"
                 ),
             ));
         }
         let head_dim = match f.opt_usize("head_dim")? {
+            Some(0) => return Err(f.err("head_dim", "must be at least 1")),
             Some(h) => h,
+            None if hidden_size % num_attention_heads != 0 => {
+                return Err(f.err(
+                    "hidden_size",
+                    format!(
+                        "{hidden_size} is not divisible by num_attention_heads = \
+                         {num_attention_heads}, and there is no head_dim to say the head width"
+                    ),
+                ))
+            }
             None => hidden_size / num_attention_heads,
         };
         let num_hidden_layers = f.usize("num_hidden_layers")?;
+        for (key, value) in [
+            ("num_hidden_layers", num_hidden_layers),
+            ("intermediate_size", f.usize("intermediate_size")?),
+            ("vocab_size", f.usize("vocab_size")?),
+        ] {
+            if value == 0 {
+                return Err(f.err(key, "must be at least 1"));
+            }
+        }
         let (rope, local_rope, layer_types, sliding_window, query_pre_attn_scalar) = match family {
             DecoderFamily::Gemma3 => {
                 let layer_types = gemma_layer_types(f, num_hidden_layers)?;

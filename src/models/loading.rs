@@ -116,27 +116,57 @@ pub fn load_weights<B: Backend, M: ModuleSnapshot<B>>(
     remapper: KeyRemapper,
     dtype: DType,
 ) -> Result<()> {
+    // Every parameter's shape in the file's layout: burn's Linear stores `[in, out]`, the
+    // checkpoints `[out, in]`.
     let expected: BTreeMap<String, Vec<usize>> = model
         .collect(None, None, false)
         .into_iter()
-        .map(|s| (s.full_path(), s.shape.to_vec()))
+        .map(|s| {
+            let mut shape = s.shape.to_vec();
+            let in_linear = s
+                .container_stack
+                .as_ref()
+                .and_then(|c| c.last())
+                .is_some_and(|c| c == "Struct:Linear");
+            if in_linear && shape.len() == 2 && s.full_path().ends_with("weight") {
+                shape.reverse();
+            }
+            (s.full_path(), shape)
+        })
         .collect();
     let mut applied = BTreeSet::new();
     for file in files {
+        let header = safetensors_header(file)?;
+        for (original, entry) in header.iter().filter(|(k, _)| !ignored_key(k)) {
+            let bad = |message: String| Error::Tensor {
+                path: file.clone(),
+                tensor: original.clone(),
+                message,
+            };
+            let Some(shape) = expected.get(&remap_one(&remapper, original)) else {
+                return Err(bad("the model has no such parameter".into()));
+            };
+            if !FLOAT_DTYPES.contains(&entry.dtype.as_str()) {
+                return Err(bad(format!(
+                    "dtype {} is not a float type (F32, F16, BF16 or F64); the model's weights \
+                     are floats",
+                    entry.dtype
+                )));
+            }
+            if &entry.shape != shape {
+                return Err(bad(format!(
+                    "the file has shape {:?}, the model expects {shape:?} (in the file's \
+                     layout: [out_features, in_features] for linear weights); is config.json \
+                     the checkpoint's own?",
+                    entry.shape
+                )));
+            }
+        }
         let mut store = SafetensorsStore::from_file(file)
             .remap(remapper.clone())
             .with_from_adapter(PyTorchToBurnAdapter.chain(CastTo(dtype)))
             .allow_partial(true)
             .validate(false);
-        for original in safetensors_keys(file)?.iter().filter(|k| !ignored_key(k)) {
-            if !expected.contains_key(&remap_one(&remapper, original)) {
-                return Err(Error::Tensor {
-                    path: file.clone(),
-                    tensor: original.clone(),
-                    message: "the model has no such parameter".into(),
-                });
-            }
-        }
         let result = model
             .load_from(&mut store)
             .map_err(|e| Error::file(file, format!("{e}")))?;
@@ -155,19 +185,44 @@ pub fn load_weights<B: Backend, M: ModuleSnapshot<B>>(
     Ok(())
 }
 
-/// The tensor names of a safetensors file, read from its header only.
-pub fn safetensors_keys(file: &Path) -> Result<Vec<String>> {
+/// One tensor's entry in a safetensors header.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeaderEntry {
+    /// The dtype as the file names it (`F32`, `BF16`, `I32`, ...).
+    pub dtype: String,
+    /// The shape in the file's layout.
+    pub shape: Vec<usize>,
+    /// Byte range within the data section.
+    pub offsets: [u64; 2],
+}
+
+/// The header of a safetensors file, read and checked against the file's size without
+/// reading the tensor data.
+pub fn safetensors_header(file: &Path) -> Result<BTreeMap<String, HeaderEntry>> {
     use std::io::Read;
     let mut f = std::fs::File::open(file).map_err(|e| Error::file(file, e))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .map_err(|_| Error::file(file, "not a safetensors file (shorter than its header)"))?;
-    let len = u64::from_le_bytes(len);
     let size = f.metadata().map_err(|e| Error::file(file, e))?.len();
-    if len > size.saturating_sub(8) || len > 100 << 20 {
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| {
+        Error::file(
+            file,
+            format!("not a safetensors file: {size} bytes, shorter than its 8-byte header length"),
+        )
+    })?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
         return Err(Error::file(
             file,
-            "not a safetensors file (bad header length)",
+            format!("not a safetensors file (a header length of {len} bytes)"),
+        ));
+    }
+    if len > size - 8 {
+        return Err(Error::file(
+            file,
+            format!(
+                "truncated: its header alone needs {} bytes, the file has {size}",
+                len + 8
+            ),
         ));
     }
     let mut header = vec![0u8; len as usize];
@@ -178,12 +233,63 @@ pub fn safetensors_keys(file: &Path) -> Result<Vec<String>> {
     let map = value
         .as_object()
         .ok_or_else(|| Error::file(file, "not a safetensors file (header is not an object)"))?;
-    Ok(map
-        .keys()
-        .filter(|k| *k != "__metadata__")
-        .cloned()
-        .collect())
+    let mut out = BTreeMap::new();
+    let mut data_end = 0u64;
+    for (name, entry) in map.iter().filter(|(k, _)| *k != "__metadata__") {
+        let bad = |what: &str| Error::Tensor {
+            path: file.to_path_buf(),
+            tensor: name.clone(),
+            message: format!("bad header entry: {what}"),
+        };
+        let dtype = entry
+            .get("dtype")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| bad("no dtype"))?
+            .to_string();
+        let shape = entry
+            .get("shape")
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| bad("no shape"))?
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize).ok_or_else(|| bad("shape")))
+            .collect::<Result<Vec<_>>>()?;
+        let offsets = entry
+            .get("data_offsets")
+            .and_then(|v| v.as_array())
+            .filter(|a| a.len() == 2)
+            .and_then(|a| Some([a[0].as_u64()?, a[1].as_u64()?]))
+            .ok_or_else(|| bad("data_offsets"))?;
+        data_end = data_end.max(offsets[1]);
+        out.insert(
+            name.clone(),
+            HeaderEntry {
+                dtype,
+                shape,
+                offsets,
+            },
+        );
+    }
+    let expected = 8 + len + data_end;
+    if size < expected {
+        return Err(Error::file(
+            file,
+            format!(
+                "truncated: its header describes {expected} bytes, the file has {size} \
+                 ({} missing; an interrupted download or copy?)",
+                expected - size
+            ),
+        ));
+    }
+    Ok(out)
 }
+
+/// The tensor names of a safetensors file, read from its header only.
+pub fn safetensors_keys(file: &Path) -> Result<Vec<String>> {
+    Ok(safetensors_header(file)?.into_keys().collect())
+}
+
+/// Float dtypes a checkpoint tensor may have.
+const FLOAT_DTYPES: [&str; 4] = ["F32", "F16", "BF16", "F64"];
 
 fn remap_one(remapper: &KeyRemapper, key: &str) -> String {
     let mut out = key.to_string();

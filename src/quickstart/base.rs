@@ -162,6 +162,9 @@ pub fn pretrain_base<B: AutodiffBackend>(
         checkpoint_every: 0,
         valid_every: 0,
         seed: settings.seed,
+        // As the committed base was pretrained: burn's AdamW ε, no clipping.
+        max_grad_norm: 0.0,
+        adam_epsilon: 1e-5,
     };
     let options = RunOptions {
         monitor: crate::train::Monitor::bars(),

@@ -10,23 +10,19 @@ pub mod world;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use burn::backend::Autodiff;
-use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::{save_adapter, write_atomic, AdapterConfig, ProjectorInit, Scaling};
+use crate::adapter::write_atomic;
 use crate::data::instruction::PromptStyle;
-use crate::instruct::{
-    accuracy_summary, evaluate, finetune, fit_pass, tokenize_all, write_predictions, FitPassConfig,
+use crate::fit::FitPassConfig;
+use crate::pipelines::instruct::{
+    self, AdapterSpec, DataSpec, EvalRun, FitRun, Keep, ProjectorSource, RandomInit, RunControl,
+    TrainRun,
 };
-use crate::models::generate::GenerationConfig;
-use crate::models::llama::Decoder;
-use crate::models::loading::load_decoder;
-use crate::models::tokenizer::Tokenizer;
-use crate::train::{Monitor, RunOptions, TrainConfig};
+use crate::pipelines::out_dir::{Existing, OutDir};
+use crate::train::{Monitor, TrainConfig};
 use crate::{Error, Result};
 
 /// The embedded base model's files (regenerate with `cargo run --release --example
@@ -60,7 +56,7 @@ pub fn write_embedded_base(dir: &Path) -> Result<()> {
 }
 
 /// Everything the quickstart does, resolved (written next to its results).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct QuickstartConfig {
     /// Base model folder; `None`: the embedded tiny base.
     pub base: Option<PathBuf>,
@@ -72,9 +68,11 @@ pub struct QuickstartConfig {
     pub targets: Vec<String>,
     /// Adapter rank.
     pub rank: usize,
-    /// LoRA alpha (scaling alpha / rank).
-    pub alpha: f64,
-    /// The fit pass.
+    /// LoRA's alpha (scaling alpha / rank; the default 2r).
+    pub lora_alpha: f64,
+    /// IPA's scaling factor (the paper's 0.25 for LLMs).
+    pub ipa_scaling: f64,
+    /// The fit pass (its rank is the adapter rank).
     pub fit: FitPassConfig,
     /// Optimisation.
     pub train: TrainConfig,
@@ -84,6 +82,8 @@ pub struct QuickstartConfig {
     pub mask_prompt: bool,
     /// Tokens generated at most per answer.
     pub max_new_tokens: usize,
+    /// Beams (greedy: 1; the official evaluation's 4 takes four times as long).
+    pub num_beams: usize,
     /// Prompts per generation batch.
     pub eval_batch_size: usize,
     /// Seeds the generated data.
@@ -101,7 +101,8 @@ impl QuickstartConfig {
                 .map(String::from)
                 .to_vec(),
             rank: 8,
-            alpha: 16.0,
+            lora_alpha: 16.0,
+            ipa_scaling: 0.25,
             fit: FitPassConfig {
                 algorithm: "ipca".into(),
                 rank: 8,
@@ -120,9 +121,11 @@ impl QuickstartConfig {
                 checkpoint_every: 0,
                 valid_every: 0,
                 seed: 0,
+                ..TrainConfig::default()
             },
             mask_prompt: true,
             max_new_tokens: 16,
+            num_beams: 1,
             eval_batch_size: 25,
             data_seed: 1,
         }
@@ -134,6 +137,7 @@ impl QuickstartConfig {
         c.train_per_task = 12;
         c.test_per_task = 3;
         c.rank = 4;
+        c.lora_alpha = 8.0;
         c.fit.rank = 4;
         c.fit.fraction = 0.5;
         c.train.epochs = 1;
@@ -143,6 +147,14 @@ impl QuickstartConfig {
         c.max_new_tokens = 8;
         c
     }
+
+    /// Sets the rank of the adapters and the fit, with LoRA's alpha at 2r.
+    pub fn with_rank(mut self, rank: usize) -> Self {
+        self.rank = rank;
+        self.fit.rank = rank;
+        self.lora_alpha = 2.0 * rank as f64;
+        self
+    }
 }
 
 /// One row of the results table.
@@ -150,7 +162,7 @@ impl QuickstartConfig {
 pub struct VariantResult {
     /// Short name (also the output subfolder).
     pub name: String,
-    /// `lora` or `ipa`; `base` for the model without adapters.
+    /// `lora` or `ipa`; `none` for the model without adapters.
     pub method: String,
     /// How the projector was set and whether it trained.
     pub projector: String,
@@ -158,7 +170,7 @@ pub struct VariantResult {
     pub trainable_params: usize,
     /// Accuracy per task and `average`.
     pub accuracy: BTreeMap<String, f64>,
-    /// Final training loss (mean of the last steps), when trained.
+    /// Training loss of the last step, when trained.
     pub final_loss: Option<f64>,
     /// Training throughput in tokens per second, when trained.
     pub train_tokens_per_s: Option<f64>,
@@ -166,62 +178,93 @@ pub struct VariantResult {
 
 struct Variant {
     name: &'static str,
-    method: &'static str,
     projector: &'static str,
-    adapter: AdapterConfig,
-    fitted: bool,
+    adapter: AdapterSpec,
+    source: ProjectorSource,
 }
 
-fn variants(config: &QuickstartConfig) -> Vec<Variant> {
-    let scaling = Scaling::Alpha {
-        alpha: config.alpha,
-        rslora: false,
+fn variants(config: &QuickstartConfig, fit_dir: &Path) -> Vec<Variant> {
+    let lora = AdapterSpec {
+        alpha: Some(config.lora_alpha),
+        ..AdapterSpec::lora(config.rank)
     };
-    let lora = AdapterConfig::lora(config.rank).with_scaling(scaling);
-    let ipa = AdapterConfig::ipa(config.rank).with_scaling(scaling);
+    let ipa = AdapterSpec {
+        scaling: Some(config.ipa_scaling),
+        ..AdapterSpec::ipa(config.rank)
+    };
+    let fitted = ProjectorSource::Saved {
+        path: fit_dir.to_path_buf(),
+    };
     vec![
         Variant {
             name: "lora",
-            method: "lora",
             projector: "random, trained",
             adapter: lora.clone(),
-            fitted: false,
+            source: ProjectorSource::Random {
+                init: RandomInit::Kaiming,
+            },
         },
         Variant {
             name: "lora-frozen",
-            method: "lora",
-            projector: "random, frozen",
-            adapter: lora.with_train_projector(false),
-            fitted: false,
+            projector: "random orthogonal, frozen",
+            adapter: AdapterSpec {
+                train_projector: Some(false),
+                ..lora
+            },
+            source: ProjectorSource::Random {
+                init: RandomInit::Orthogonal,
+            },
         },
         Variant {
             name: "ipa",
-            method: "ipa",
             projector: "fitted, frozen",
             adapter: ipa.clone(),
-            fitted: true,
+            source: fitted.clone(),
         },
         Variant {
             name: "ipa-ft",
-            method: "ipa",
             projector: "fitted, trained",
-            adapter: ipa.with_train_projector(true),
-            fitted: true,
+            adapter: AdapterSpec {
+                train_projector: Some(true),
+                ..ipa
+            },
+            source: fitted,
         },
     ]
 }
 
+/// The quickstart's own settings file in its output folder.
+pub const QUICKSTART_CONFIG_FILE: &str = "quickstart_config.json";
+
 /// Runs the quickstart on backend `B`, writing everything under `out_dir`; returns the rows
 /// of the table (the base model first).
+///
+/// It is the instruction pipeline ([`crate::pipelines::instruct`]) run as a user would:
+/// the generated data is written to `data/`, the projectors fitted by [`instruct::fit`] into
+/// `fit/`, each variant trained by [`instruct::train`] into `<variant>/` and evaluated by
+/// [`instruct::evaluate`] into `<variant>/eval/` (the base model into `base-model/`).
+///
+/// A folder that holds a quickstart with the same settings is replaced (the run reproduces
+/// it); one holding anything else is refused unless `existing` is [`Existing::Overwrite`].
 pub fn run_quickstart<B: Backend>(
     config: &QuickstartConfig,
     out_dir: &Path,
     device: &B::Device,
     progress: bool,
+    existing: Existing,
 ) -> Result<Vec<VariantResult>> {
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::file(out_dir, e))?;
+    let dir = OutDir::lock(out_dir, "ipa quickstart")?;
+    let same = std::fs::read(out_dir.join(QUICKSTART_CONFIG_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<QuickstartConfig>(&b).ok())
+        .is_some_and(|saved| &saved == config);
+    dir.prepare(
+        if same { Existing::Overwrite } else { existing },
+        "a quickstart",
+        false,
+    )?;
     write_atomic(
-        &out_dir.join("quickstart_config.json"),
+        &out_dir.join(QUICKSTART_CONFIG_FILE),
         &serde_json::to_vec_pretty(config).expect("json"),
     )?;
     let base_dir = match &config.base {
@@ -232,137 +275,100 @@ pub fn run_quickstart<B: Backend>(
             dir
         }
     };
-    let tokenizer = Tokenizer::from_dir(&base_dir)?;
-    let base: Decoder<B> = load_decoder(&base_dir, device)?;
-    let pad = tokenizer
-        .pad_token_id
-        .or(tokenizer.eos_token_id)
-        .unwrap_or(0);
-
     let (train_set, test_sets) = world::task_set(
         config.train_per_task,
         config.test_per_task,
         config.data_seed,
     );
-    write_task_set(&out_dir.join("data"), &train_set, &test_sets)?;
-    let style = PromptStyle::LlmAdapters;
-    let tokenized = tokenize_all(&tokenizer, &train_set, style, 256, config.mask_prompt)?;
-    crate::instruct::check_vocabulary(&tokenized, base.config.vocab_size)?;
-    let tokens: usize = tokenized.iter().map(|t| t.input_ids.len()).sum();
-    let mut generation = GenerationConfig::greedy(&base, config.max_new_tokens);
-    generation.pad_token_id = pad;
+    let data_dir = out_dir.join("data");
+    write_task_set(&data_dir, &train_set, &test_sets)?;
+    let control = RunControl {
+        existing: Some(Existing::Overwrite),
+        monitor: Monitor::bars_if(progress),
+        ..RunControl::default()
+    };
+    let data = DataSpec {
+        model: base_dir.clone(),
+        data: data_dir.join("train.json"),
+        cutoff: 256,
+        prompt_style: PromptStyle::LlmAdapters,
+        mask_prompt: config.mask_prompt,
+        val_set_size: 0,
+    };
+    let eval_run = |adapter: Option<PathBuf>| EvalRun {
+        model: base_dir.clone(),
+        adapter,
+        data_dir: data_dir.join("dataset"),
+        tasks: test_sets
+            .iter()
+            .map(|(t, _)| t.dataset_name().to_string())
+            .collect(),
+        prompt_style: PromptStyle::LlmAdapters,
+        num_beams: config.num_beams,
+        max_new_tokens: config.max_new_tokens,
+        batch_size: config.eval_batch_size,
+        limit: None,
+    };
 
     let mut results = Vec::new();
-    let (acc, predictions) = evaluate(
-        &base,
-        &tokenizer,
-        style,
-        &test_sets,
-        &generation,
-        config.eval_batch_size,
-        progress,
+    let base_eval = instruct::evaluate::<B>(
+        &eval_run(None),
+        &out_dir.join("base-model"),
+        &control,
+        device,
     )?;
-    std::fs::create_dir_all(out_dir.join("base-model")).map_err(|e| Error::file(out_dir, e))?;
-    write_predictions(&out_dir.join("base-model/predictions.jsonl"), &predictions)?;
     results.push(VariantResult {
         name: "base-model".into(),
         method: "none".into(),
         projector: "-".into(),
         trainable_params: 0,
-        accuracy: accuracy_summary(&acc),
+        accuracy: base_eval.accuracy,
         final_loss: None,
         train_tokens_per_s: None,
     });
 
-    let mut fit_config = config.fit.clone();
-    fit_config.rank = config.rank;
-    let fit = fit_pass(
-        &base,
-        &tokenized,
-        &config.targets,
-        &fit_config,
-        pad,
-        progress,
+    let fit_dir = out_dir.join("fit");
+    let mut fit = config.fit.clone();
+    fit.rank = config.rank;
+    instruct::fit::<B>(
+        &FitRun {
+            data: data.clone(),
+            targets: config.targets.clone(),
+            fit,
+        },
+        &fit_dir,
+        &control,
+        device,
     )?;
 
-    for variant in variants(config) {
-        // LoRA's random projectors come from the backend's generator: seed it so a rerun
-        // reproduces the table.
-        B::seed(device, config.train.seed);
-        let mut model = base.clone();
-        if variant.fitted {
-            fit.install(&mut model, &variant.adapter)?;
-        } else {
-            model.attach_adapters(&config.targets, None, &variant.adapter, |_| {
-                ProjectorInit::KaimingUniform
-            })?;
-        }
-        let trainable: usize = model
-            .linears_mut()
-            .into_iter()
-            .map(|(_, l)| l.trainable_params())
-            .sum();
-        let dir = out_dir.join(variant.name);
-        let options = RunOptions {
-            out_dir: Some(dir.clone()),
-            resume: false,
-            fingerprint: serde_json::json!({"variant": variant.name}),
-            stop_after: None,
-            monitor: Monitor::bars_if(progress),
-        };
+    for variant in variants(config, &fit_dir) {
         if progress {
-            eprintln!(
-                "{}: {} ({})",
-                variant.name, variant.method, variant.projector
-            );
+            eprintln!("{}: {}", variant.name, variant.projector);
         }
-        let start = Instant::now();
-        let outcome = finetune::<Autodiff<B>>(
-            model,
-            &tokenized,
-            &[],
-            &config.train,
-            &options,
-            pad,
-            std::slice::from_ref(device),
+        let dir = out_dir.join(variant.name);
+        let run = TrainRun {
+            data: data.clone(),
+            targets: config.targets.clone(),
+            adapter: variant.adapter,
+            projectors: variant.source,
+            train: config.train.clone(),
+            keep: Keep::Last,
+        };
+        let report = instruct::train::<B>(&run, &dir, &control, std::slice::from_ref(device))?;
+        let eval = instruct::evaluate::<B>(
+            &eval_run(Some(report.adapter_dir.clone())),
+            &dir.join("eval"),
+            &control,
+            device,
         )?;
-        let seconds = start.elapsed().as_secs_f64();
-        let steps = outcome.history.len();
-        // Each epoch covers every example once.
-        let epochs_done = steps as f64 / config.train.steps_per_epoch(tokenized.len()) as f64;
-        let seen_tokens = tokens as f64 * epochs_done;
-        let tail: Vec<f64> = outcome
-            .history
-            .iter()
-            .rev()
-            .take(5)
-            .map(|r| r.loss)
-            .collect();
-        let trained = outcome.model.decoder.valid();
-        save_adapter(
-            &trained,
-            &variant.adapter,
-            BTreeMap::from([("base_model".to_string(), "burn-ipa tiny-base".to_string())]),
-            &dir.join("adapter"),
-        )?;
-        let (acc, predictions) = evaluate(
-            &trained,
-            &tokenizer,
-            style,
-            &test_sets,
-            &generation,
-            config.eval_batch_size,
-            progress,
-        )?;
-        write_predictions(&dir.join("predictions.jsonl"), &predictions)?;
         results.push(VariantResult {
             name: variant.name.into(),
-            method: variant.method.into(),
+            method: report.adapter.method.to_string(),
             projector: variant.projector.into(),
-            trainable_params: trainable,
-            accuracy: accuracy_summary(&acc),
-            final_loss: Some(tail.iter().sum::<f64>() / tail.len().max(1) as f64),
-            train_tokens_per_s: Some(seen_tokens / seconds.max(1e-9)),
+            trainable_params: report.trainable_params,
+            accuracy: eval.accuracy,
+            final_loss: report.last_loss,
+            train_tokens_per_s: Some(report.tokens_per_second),
         });
     }
     write_atomic(

@@ -1,7 +1,7 @@
 //! Causal-LM instruction tuning: batches of tokenized examples and the next-token loss.
 
 use burn::data::dataloader::batcher::Batcher;
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData};
@@ -87,7 +87,10 @@ pub fn causal_lm_loss<B: Backend>(
 ) -> (Tensor<B, 1>, usize) {
     let [batch, seq, vocab] = logits.dims();
     if seq < 2 {
-        return (Tensor::zeros([1], &logits.device()), 0);
+        // No next token to predict. The zero stays connected to the logits so a backward
+        // pass through it is valid (and gives zero gradients).
+        let zero = logits.cast(FloatDType::F32).sum().mul_scalar(0.0);
+        return (zero, 0);
     }
     let logits = logits.slice([0..batch, 0..seq - 1, 0..vocab]);
     let targets = labels.slice([0..batch, 1..seq]);
@@ -176,5 +179,73 @@ impl<B: Backend> InferenceStep for CausalLm<B> {
         self.forward_loss(batch)
             .expect("a batch from LmBatcher fits the decoder")
             .1
+    }
+}
+
+/// Mean loss of `model` over `examples` in batches of `batch_size` (no autodiff), weighted by
+/// labelled tokens.
+pub fn validation_loss<B: Backend>(
+    model: &Decoder<B>,
+    examples: &[TokenizedExample],
+    batch_size: usize,
+    pad_id: u32,
+) -> Result<f64> {
+    let device = model.model.embed_tokens.weight.device();
+    let (mut sum, mut tokens) = (0.0, 0usize);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let batch = lm_batch::<B>(chunk, pad_id, &device);
+        let logits = model.forward(batch.input_ids, &batch.options)?;
+        let (loss, count) = causal_lm_loss(logits, batch.labels);
+        sum += loss.into_scalar().elem::<f64>() * count as f64;
+        tokens += count;
+    }
+    Ok(sum / tokens.max(1) as f64)
+}
+
+/// The decoder on the autodiff backend with its adapters' parameters marked trainable (the
+/// frozen base and frozen projectors stay without gradients).
+pub fn trainable_lm<B: AutodiffBackend>(model: Decoder<B::InnerBackend>) -> CausalLm<B> {
+    let mut decoder = Decoder::<B>::from_inner(model);
+    for (_, linear) in decoder.linears_mut() {
+        linear.mark_trainable();
+    }
+    CausalLm { decoder }
+}
+
+/// Fine-tunes the adapters of `model` (built on the inner backend, moved to autodiff here)
+/// on `examples` with the step loop ([`crate::train::train`]); `valid` (when given) computes
+/// the validation loss. With several `devices`, each step's micro-batches are spread over
+/// them (see [`crate::train::train_on_devices`]); the model and optimizer live on the first.
+pub fn finetune<B: AutodiffBackend>(
+    model: Decoder<B::InnerBackend>,
+    examples: &[TokenizedExample],
+    config: &crate::train::TrainConfig,
+    options: &crate::train::RunOptions,
+    pad_id: u32,
+    devices: &[B::Device],
+    valid: Option<&mut crate::train::Validation<'_, CausalLm<B>>>,
+) -> Result<crate::train::TrainOutcome<CausalLm<B>>> {
+    let device = devices
+        .first()
+        .ok_or_else(|| crate::Error::Config("no device to train on".into()))?;
+    let model = trainable_lm::<B>(model);
+    let batch = |batch: &[&TokenizedExample], device: &B::Device| {
+        let owned: Vec<TokenizedExample> = batch.iter().map(|e| (*e).clone()).collect();
+        lm_batch::<B>(&owned, pad_id, device)
+    };
+    if devices.len() > 1 {
+        crate::train::train_on_devices(
+            model, examples, config, options, devices, &batch, valid, None,
+        )
+    } else {
+        crate::train::train(
+            model,
+            examples,
+            config,
+            options,
+            device,
+            |items: &[&TokenizedExample]| batch(items, device),
+            valid,
+        )
     }
 }

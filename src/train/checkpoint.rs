@@ -6,10 +6,14 @@
 //! * `optimizer.bin`: the optimizer's state (burn record, full precision), keyed by parameter
 //!   id, with `param_ids.json` mapping those ids to module paths so a fresh process, whose
 //!   parameters have new ids, can re-key it;
-//! * `state.json`: the step reached, the metrics so far and the run's fingerprint.
+//! * `state.json`: the step reached, the metrics so far and the run's fingerprint;
+//! * `manifest.json`: the SHA-256 of each file above, checked before anything is decoded, so
+//!   a truncated or bit-flipped file is reported by name instead of reaching a decoder.
 //!
 //! It is written into `step-<N>.tmp/` and renamed; then the file `checkpoints/latest` is
-//! replaced atomically. An interruption at any point leaves the previous checkpoint intact.
+//! replaced atomically. An interruption at any point leaves the previous checkpoint intact,
+//! and the previous checkpoint is kept beside the newest: a resume whose latest checkpoint
+//! fails its manifest falls back to it, with a warning.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -22,6 +26,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 
+use super::fingerprint::file_sha256;
 use crate::adapter::write_atomic;
 use crate::{Error, Result};
 
@@ -29,7 +34,10 @@ const TRAINABLE_FILE: &str = "trainable.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.bin";
 const IDS_FILE: &str = "param_ids.json";
 const STATE_FILE: &str = "state.json";
+const MANIFEST_FILE: &str = "manifest.json";
 const LATEST_FILE: &str = "latest";
+/// Checkpoints kept: the newest and the one before it.
+const KEPT: usize = 2;
 
 /// One logged optimizer step.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -47,6 +55,9 @@ pub struct StepRecord {
     /// Share of correct predictions over the step's micro-batches, for tasks that classify.
     #[serde(default)]
     pub accuracy: Option<f64>,
+    /// Global L2 norm of the step's mean gradient, before clipping.
+    #[serde(default)]
+    pub grad_norm: Option<f64>,
 }
 
 /// What `state.json` holds.
@@ -134,6 +145,11 @@ where
         .map_err(|e| Error::State(format!("serialising the optimizer state: {e:?}")))?;
     write_atomic(&tmp.join(OPTIMIZER_FILE), &bytes)?;
     write_json(&tmp.join(STATE_FILE), state)?;
+    let mut manifest = BTreeMap::new();
+    for name in [TRAINABLE_FILE, OPTIMIZER_FILE, IDS_FILE, STATE_FILE] {
+        manifest.insert(name.to_string(), file_sha256(&tmp.join(name))?);
+    }
+    write_json(&tmp.join(MANIFEST_FILE), &manifest)?;
     sync_dir(&tmp);
 
     if dir.exists() {
@@ -141,37 +157,99 @@ where
     }
     std::fs::rename(&tmp, &dir).map_err(|e| Error::file(&dir, e))?;
     write_atomic(&root.join(LATEST_FILE), name.as_bytes())?;
-    // Older checkpoints go only once the new one is in place.
-    if let Ok(entries) = std::fs::read_dir(&root) {
-        for entry in entries.flatten() {
-            let other = entry.file_name().to_string_lossy().to_string();
-            if other.starts_with("step-") && other != name {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
+    // Older checkpoints go only once the new one is in place; the one before it stays as a
+    // fallback.
+    for (_, old) in checkpoint_dirs(&root).into_iter().skip(KEPT) {
+        let _ = std::fs::remove_dir_all(old);
     }
     Ok(dir)
 }
 
-/// The folder of the latest complete checkpoint under `out_dir`, if any.
+/// The complete `step-<N>` folders under `root`, newest first.
+fn checkpoint_dirs(root: &Path) -> Vec<(usize, PathBuf)> {
+    let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step-")?.parse::<usize>().ok()?;
+            entry.path().is_dir().then(|| (step, entry.path()))
+        })
+        .collect();
+    found.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
+    found
+}
+
+/// Checks every file of a checkpoint against its `manifest.json`; the error names the file.
+pub fn verify_checkpoint(dir: &Path) -> Result<()> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&manifest_path)
+        .map_err(|e| Error::file(&manifest_path, format!("cannot read the manifest: {e}")))?;
+    let manifest: BTreeMap<String, String> = serde_json::from_str(&text)
+        .map_err(|e| Error::file(&manifest_path, format!("damaged manifest: {e}")))?;
+    for name in [TRAINABLE_FILE, OPTIMIZER_FILE, IDS_FILE, STATE_FILE] {
+        let path = dir.join(name);
+        let expected = manifest
+            .get(name)
+            .ok_or_else(|| Error::file(&manifest_path, format!("does not list `{name}`")))?;
+        if !path.is_file() {
+            return Err(Error::file(&path, "missing from the checkpoint"));
+        }
+        let actual = file_sha256(&path)?;
+        if &actual != expected {
+            return Err(Error::file(
+                &path,
+                format!(
+                    "damaged: its SHA-256 is {actual}, the checkpoint's manifest says {expected}                      ({} bytes on disk; truncated or overwritten?)",
+                    std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The folder of the checkpoint to resume from under `out_dir`, if any: the latest one when
+/// it passes [`verify_checkpoint`], otherwise the newest earlier one that does (with a
+/// warning on standard error naming the damaged file). An error when checkpoints exist and
+/// none is intact.
 pub fn latest_checkpoint(out_dir: &Path) -> Result<Option<PathBuf>> {
     let root = checkpoints_dir(out_dir);
     let latest = root.join(LATEST_FILE);
-    if !latest.exists() {
-        return Ok(None);
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if latest.exists() {
+        let name = std::fs::read_to_string(&latest).map_err(|e| Error::file(&latest, e))?;
+        candidates.push(root.join(name.trim()));
     }
-    let name = std::fs::read_to_string(&latest).map_err(|e| Error::file(&latest, e))?;
-    let dir = root.join(name.trim());
-    if !dir.join(STATE_FILE).exists() {
-        return Err(Error::file(
-            &latest,
-            format!(
-                "names `{}`, which is not a complete checkpoint",
-                name.trim()
-            ),
-        ));
+    for (_, dir) in checkpoint_dirs(&root) {
+        if !candidates.contains(&dir) {
+            candidates.push(dir);
+        }
     }
-    Ok(Some(dir))
+    let mut first_error: Option<Error> = None;
+    for dir in candidates {
+        match verify_checkpoint(&dir) {
+            Ok(()) => {
+                if let Some(e) = &first_error {
+                    eprintln!(
+                        "warning: {e}\nwarning: resuming from the previous checkpoint, {}",
+                        dir.display()
+                    );
+                }
+                return Ok(Some(dir));
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(Error::State(format!(
+            "no intact checkpoint to resume from: {e}"
+        ))),
+        None => Ok(None),
+    }
 }
 
 /// Reads a checkpoint's `state.json`.
@@ -194,6 +272,7 @@ where
     M: AutodiffModule<B> + ModuleSnapshot<B>,
     O: SimpleOptimizer<B::InnerBackend>,
 {
+    verify_checkpoint(dir)?;
     let weights = dir.join(TRAINABLE_FILE);
     let mut store = SafetensorsStore::from_file(&weights)
         .allow_partial(true)

@@ -3,13 +3,18 @@
 
 pub mod causal_lm;
 pub mod checkpoint;
+pub mod fingerprint;
+pub mod grad_norm;
 mod metrics;
 pub mod monitor;
 pub mod schedule;
 mod siglip_classification;
 pub mod trainer;
 
-pub use causal_lm::{causal_lm_loss, lm_batch, CausalLm, LmBatch, LmBatcher, LmOutput};
+pub use causal_lm::{
+    causal_lm_loss, finetune, lm_batch, trainable_lm, validation_loss, CausalLm, LmBatch,
+    LmBatcher, LmOutput,
+};
 pub use checkpoint::{latest_checkpoint, StepRecord};
 pub use metrics::StepOutput;
 pub use monitor::{Monitor, RunMetric};

@@ -312,3 +312,14 @@ pub(crate) fn styled_bar(len: usize, prefix: &str, template: &str) -> indicatif:
     bar.set_prefix(prefix.to_string());
     bar
 }
+
+/// A counting progress bar (fit and evaluation passes), or `None` when bars are off.
+pub fn progress_bar(show: bool, len: usize, prefix: &str) -> Option<indicatif::ProgressBar> {
+    show.then(|| {
+        styled_bar(
+            len,
+            prefix,
+            "{prefix:>5} [{bar:30}] {pos}/{len} ({elapsed} < {eta})",
+        )
+    })
+}

@@ -18,9 +18,14 @@ use crate::models::siglip::SiglipModel;
 use crate::models::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
-/// The text standing for a class: `a photo of a {class}`.
+/// The text standing for a class: `a photo of a {class}`, with the class name's underscores
+/// turned into spaces and lowercased, as the official VTAB script does
+/// (`label.replace('_', ' ').lower()`).
 pub fn class_prompt(class_name: &str) -> String {
-    format!("a photo of a {class_name}")
+    format!(
+        "a photo of a {}",
+        class_name.replace('_', " ").to_lowercase()
+    )
 }
 
 /// Token ids of every class prompt ([`class_prompt`]), with the tokenizer's special tokens,

@@ -54,12 +54,27 @@ pub struct TrainConfig {
     pub valid_every: usize,
     /// Seeds the data order and dropout.
     pub seed: u64,
+    /// Clip the global L2 norm of each step's gradient to this value (HF Trainer's
+    /// `max_grad_norm`, 1.0 in every official run); 0 turns clipping off.
+    #[serde(default = "default_max_grad_norm")]
+    pub max_grad_norm: f64,
+    /// AdamW's ε (HF Trainer and PyTorch: 1e-8; burn's own default is 1e-5).
+    #[serde(default = "default_adam_epsilon")]
+    pub adam_epsilon: f64,
+}
+
+fn default_max_grad_norm() -> f64 {
+    1.0
+}
+
+fn default_adam_epsilon() -> f64 {
+    1e-8
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         // LLM-Adapters' commonsense settings: batch 16 in micro-batches of 4, 3 epochs,
-        // 100 warm-up steps, save/eval every 80 steps.
+        // 100 warm-up steps, save/eval every 80 steps; HF Trainer's AdamW ε and clipping.
         Self {
             learning_rate: 3e-4,
             weight_decay: 0.0,
@@ -71,6 +86,8 @@ impl Default for TrainConfig {
             checkpoint_every: 80,
             valid_every: 80,
             seed: 42,
+            max_grad_norm: default_max_grad_norm(),
+            adam_epsilon: default_adam_epsilon(),
         }
     }
 }
@@ -90,6 +107,15 @@ impl TrainConfig {
         }
         if self.micro_batch_size == 0 || self.batch_size == 0 {
             return bad("batch_size", "batch sizes must be at least 1");
+        }
+        if self.max_steps == Some(0) {
+            return bad("max_steps", "must be at least 1 (0 would train nothing)");
+        }
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            return bad("max_grad_norm", "must be ≥ 0 (0: no clipping)");
+        }
+        if !(self.adam_epsilon > 0.0 && self.adam_epsilon.is_finite()) {
+            return bad("adam_epsilon", "must be a positive number");
         }
         if !self.batch_size.is_multiple_of(self.micro_batch_size) {
             return bad(
@@ -184,8 +210,9 @@ where
     train_with_hook(model, items, config, options, device, batch, valid, None)
 }
 
-/// Computes a validation loss for the current model.
-pub type Validation<'a, M> = dyn FnMut(&M) -> Result<f64> + 'a;
+/// Computes a validation loss for the current model after the given optimizer step
+/// (1-based).
+pub type Validation<'a, M> = dyn FnMut(&M, usize) -> Result<f64> + 'a;
 
 /// Builds a micro-batch of examples on the device it is given (each data-parallel worker
 /// builds its own).
@@ -358,6 +385,7 @@ where
     let run_steps = config.run_steps(n);
     let mut optim: OptimizerAdaptor<AdamW, M, B> = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
+        .with_epsilon(config.adam_epsilon as f32)
         .init();
     let mut schedule = WarmupLinearDecay::new(config.learning_rate, config.warmup_steps, total);
     let mut history = Vec::new();
@@ -374,7 +402,10 @@ where
                     &dir,
                     format!(
                         "was written by a different run; {}",
-                        describe_difference(&state.fingerprint, &options.fingerprint)
+                        super::fingerprint::describe_difference(
+                            &state.fingerprint,
+                            &options.fingerprint
+                        )
                     ),
                 ));
             }
@@ -386,6 +417,12 @@ where
         }
     }
 
+    // metrics.csv is derived from the history: written whole now (a resumed run's steps, or
+    // just the header), so a line lost to a kill after the last checkpoint is restored even
+    // when no step is left to run.
+    if let Some(out) = &options.out_dir {
+        write_metrics_csv(out, &history)?;
+    }
     let monitor = &options.monitor;
     monitor.begin(start, run_steps);
     let result = steps_loop(
@@ -438,6 +475,7 @@ where
     let device = &devices[0];
     let n = items.len();
     let run_steps = config.run_steps(n);
+    let total = config.total_steps(n);
     let monitor = &options.monitor;
     let steps_per_epoch = config.steps_per_epoch(n);
     let mut step = start;
@@ -478,6 +516,7 @@ where
             .map(|chunk| chunk.iter().map(|&i| &items[i]).collect())
             .enumerate()
             .collect();
+        let micro_batches = micro.len();
         match parallel.filter(|_| devices.len() > 1) {
             None => {
                 for (m, examples) in &micro {
@@ -503,15 +542,25 @@ where
             }
         }
         let lr = schedule.step();
-        model = optim.step(lr, model, accumulator.grads());
+        let mut grads = accumulator.grads();
+        let grad_norm = super::grad_norm::mean_and_clip::<B, M>(
+            &model,
+            &mut grads,
+            micro_batches,
+            config.max_grad_norm,
+        );
+        model = optim.step(lr, model, grads);
         step += 1;
 
         let valid_loss = match valid.as_deref_mut() {
             Some(f)
                 if config.valid_every > 0
-                    && (step.is_multiple_of(config.valid_every) || step == run_steps) =>
+                    // The end of the schedule, not of this process (`max_steps`): a run
+                    // continued with a larger `max_steps` keeps the history it would have
+                    // had uninterrupted.
+                    && (step.is_multiple_of(config.valid_every) || step == total) =>
             {
-                Some(f(&model)?)
+                Some(f(&model, step)?)
             }
             _ => None,
         };
@@ -522,6 +571,7 @@ where
             lr,
             valid_loss,
             accuracy: (judged > 0).then(|| correct as f64 / judged as f64),
+            grad_norm: Some(grad_norm),
         };
         monitor.step(&record, steps_per_epoch, config.epochs);
         if let Some(v) = valid_loss {
@@ -543,10 +593,8 @@ where
                 };
                 save_checkpoint(out, &model, &optim, &state)?;
             }
-            // The whole file once (it may hold a resumed run's steps), then a line a step.
-            if step == start + 1 {
-                write_metrics_csv(out, history)?;
-            } else if let Some(last) = history.last() {
+            // The file was written whole from the checkpoint's history when the run began.
+            if let Some(last) = history.last() {
                 append_metrics_line(out, last)?;
             }
         }
@@ -558,11 +606,16 @@ where
 }
 
 fn metrics_line(r: &StepRecord) -> String {
-    let valid = r.valid_loss.map(|v| v.to_string()).unwrap_or_default();
-    let accuracy = r.accuracy.map(|v| v.to_string()).unwrap_or_default();
+    let optional = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
     format!(
-        "{},{},{},{},{},{}\n",
-        r.step, r.epoch, r.loss, r.lr, valid, accuracy
+        "{},{},{},{},{},{},{}\n",
+        r.step,
+        r.epoch,
+        r.loss,
+        r.lr,
+        optional(r.valid_loss),
+        optional(r.accuracy),
+        optional(r.grad_norm)
     )
 }
 
@@ -576,31 +629,16 @@ fn append_metrics_line(out_dir: &Path, record: &StepRecord) -> Result<()> {
         .map_err(|e| Error::file(&path, e))
 }
 
-/// Writes `metrics.csv` (step, epoch, loss, lr, valid_loss, accuracy; the last two empty
-/// where a step has none) from the history.
+/// The header of `metrics.csv`.
+pub const METRICS_HEADER: &str = "step,epoch,loss,lr,valid_loss,accuracy,grad_norm";
+
+/// Writes `metrics.csv` (step, epoch, loss, lr, valid_loss, accuracy, grad_norm; empty where a
+/// step has none) from the history.
 pub fn write_metrics_csv(out_dir: &Path, history: &[StepRecord]) -> Result<()> {
-    let mut text = String::from("step,epoch,loss,lr,valid_loss,accuracy\n");
+    let mut text = format!("{METRICS_HEADER}\n");
     for r in history {
         text.push_str(&metrics_line(r));
     }
     std::fs::create_dir_all(out_dir).map_err(|e| Error::file(out_dir, e))?;
     write_atomic(&out_dir.join("metrics.csv"), text.as_bytes())
-}
-
-/// Names the first top-level field where two fingerprints differ.
-fn describe_difference(saved: &serde_json::Value, now: &serde_json::Value) -> String {
-    if let (Some(a), Some(b)) = (saved.as_object(), now.as_object()) {
-        for (key, value) in b {
-            if a.get(key) != Some(value) {
-                return format!(
-                    "`{key}` was {} and is now {value}",
-                    a.get(key).map_or("absent".to_string(), |v| v.to_string())
-                );
-            }
-        }
-        if let Some(key) = a.keys().find(|k| !b.contains_key(*k)) {
-            return format!("`{key}` is no longer set");
-        }
-    }
-    "its settings differ".into()
 }

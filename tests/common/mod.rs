@@ -250,3 +250,121 @@ pub fn write_png(path: &std::path::Path, seed: u32) {
     }
     img.save(path).unwrap();
 }
+
+/// What a run of the `ipa` binary printed and returned.
+#[derive(Debug)]
+pub struct IpaRun {
+    /// Exit status (`None`: killed by a signal).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl IpaRun {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Runs the `ipa` binary with `args`.
+pub fn ipa_run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> IpaRun {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ipa"))
+        .args(args)
+        .output()
+        .expect("the ipa binary runs");
+    IpaRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `ipa` and asserts it succeeded; returns its standard output.
+#[track_caller]
+pub fn ipa_ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+    let run = ipa_run(args);
+    assert!(
+        run.success(),
+        "ipa {args:?} failed ({:?}):\n{}\n{}",
+        run.code,
+        run.stdout,
+        run.stderr
+    );
+    run.stdout
+}
+
+/// Runs `ipa`, asserts it failed with status 1 (an error, not a panic or a signal) and that
+/// standard error contains every one of `needles`; returns standard error.
+#[track_caller]
+pub fn ipa_err<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    args: &[S],
+    needles: &[&str],
+) -> String {
+    let run = ipa_run(args);
+    assert_eq!(
+        run.code,
+        Some(1),
+        "ipa {args:?} should fail with an error:\n{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    for needle in needles {
+        assert!(
+            run.stderr.contains(needle),
+            "ipa {args:?}: the error should mention `{needle}`:\n{}",
+            run.stderr
+        );
+    }
+    run.stderr
+}
+
+/// A path as a `&str` for argument lists.
+pub fn s(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A folder with the embedded tiny base (`base/`) and a generated task set (`data/train.json`,
+/// `data/dataset/<task>/test.json`): what the binary's tests train and evaluate on.
+pub struct Workspace {
+    pub root: TempDir,
+}
+
+impl Workspace {
+    pub fn new(name: &str, train_per_task: usize, test_per_task: usize) -> Self {
+        let root = temp_dir(name);
+        burn_ipa::quickstart::write_embedded_base(&root.join("base")).unwrap();
+        let (train, tests) =
+            burn_ipa::quickstart::world::task_set(train_per_task, test_per_task, 5);
+        burn_ipa::quickstart::write_task_set(&root.join("data"), &train, &tests).unwrap();
+        Self { root }
+    }
+    pub fn base(&self) -> std::path::PathBuf {
+        self.root.join("base")
+    }
+    pub fn train_json(&self) -> std::path::PathBuf {
+        self.root.join("data/train.json")
+    }
+    pub fn dataset(&self) -> std::path::PathBuf {
+        self.root.join("data/dataset")
+    }
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.root.join(name)
+    }
+}
+
+/// The f32 values of every tensor of a safetensors file, by name.
+pub fn tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, values)
+        })
+        .collect()
+}

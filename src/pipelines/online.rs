@@ -48,14 +48,14 @@ use serde::{Deserialize, Serialize};
 use crate::adapter::{AdaptedLinear, AdapterMethod};
 use crate::data::instruction::TokenizedExample;
 use crate::fit::{site_kind_of, DecoderFit};
-use crate::instruct::{progress_bar, validation_loss};
 use crate::models::llama::Decoder;
 use crate::models::Site;
 use crate::projector::FitAlgorithm;
 use crate::train::checkpoint::read_state;
+use crate::train::monitor::progress_bar;
 use crate::train::{
-    epoch_order, latest_checkpoint, lm_batch, train_with_hook, CausalLm, RunOptions, TrainConfig,
-    TrainOutcome,
+    epoch_order, latest_checkpoint, lm_batch, train_with_hook, trainable_lm, CausalLm, RunOptions,
+    TrainConfig, TrainOutcome, Validation,
 };
 use crate::{Error, Result};
 
@@ -376,8 +376,8 @@ impl<B: Backend> OnlineProjectorFit<B> {
 /// Fine-tunes the IPA adapters of `model` (built on the inner backend, with IPA adapters
 /// attached; their projectors may be placeholders) on `examples` while fitting their
 /// projectors online (see the [module documentation](self)). Otherwise as
-/// [`crate::instruct::finetune`]: validation loss on `valid` when it is not empty,
-/// checkpoints and metrics as `options` says.
+/// [`crate::train::finetune`]: `valid` computes the validation loss, checkpoints and
+/// metrics as `options` says.
 ///
 /// The online settings are added to the run's fingerprint (key `online_fit`), so a
 /// checkpoint of a run with other settings is not resumed. Resuming is refused while the
@@ -386,12 +386,12 @@ impl<B: Backend> OnlineProjectorFit<B> {
 pub fn finetune_online<B: AutodiffBackend>(
     model: Decoder<B::InnerBackend>,
     examples: &[TokenizedExample],
-    valid: &[TokenizedExample],
     config: &TrainConfig,
     options: &RunOptions,
     online: &OnlineFit,
     pad_id: u32,
     device: &B::Device,
+    valid: Option<&mut Validation<'_, CausalLm<B>>>,
 ) -> Result<TrainOutcome<CausalLm<B>>> {
     online.validate()?;
     config.validate()?;
@@ -411,14 +411,7 @@ pub fn finetune_online<B: AutodiffBackend>(
         }
     }
 
-    let mut decoder = Decoder::<B>::from_inner(model);
-    for (_, linear) in decoder.linears_mut() {
-        linear.mark_trainable();
-    }
-    let model = CausalLm::<B> { decoder };
-    let mut valid_loss = |m: &CausalLm<B>| {
-        validation_loss(&m.decoder.valid(), valid, config.micro_batch_size, pad_id)
-    };
+    let model = trainable_lm::<B>(model);
     let mut hook = |m: &mut CausalLm<B>, batch: &[&TokenizedExample], step: usize| {
         fitter.before_micro_batch(&mut m.decoder, batch, step)
     };
@@ -432,11 +425,7 @@ pub fn finetune_online<B: AutodiffBackend>(
             let owned: Vec<TokenizedExample> = batch.iter().map(|e| (*e).clone()).collect();
             lm_batch::<B>(&owned, pad_id, device)
         },
-        if valid.is_empty() {
-            None
-        } else {
-            Some(&mut valid_loss)
-        },
+        valid,
         Some(&mut hook),
     )
 }
