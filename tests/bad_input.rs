@@ -11,7 +11,7 @@ use common::*;
 /// The arguments of a small, fast `ipa train` run on a workspace (36 training examples after 4
 /// are held out: 9 steps an epoch of 4 examples in micro-batches of 2).
 fn train_args(ws: &Workspace, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
+    let args: Vec<String> = [
         "train",
         "--model",
         s(&ws.base()),
@@ -42,22 +42,7 @@ fn train_args(ws: &Workspace, out: &Path, extra: &[&str]) -> Vec<String> {
     .iter()
     .map(|a| a.to_string())
     .collect();
-    // A flag in `extra` replaces the default's value; new flags are appended.
-    let mut i = 0;
-    while i < extra.len() {
-        let flag = extra[i];
-        let value = extra.get(i + 1).filter(|v| !v.starts_with("--"));
-        match (args.iter().position(|a| a == flag), value) {
-            (Some(at), Some(v)) => args[at + 1] = v.to_string(),
-            (Some(_), None) => {}
-            (None, v) => {
-                args.push(flag.to_string());
-                args.extend(v.map(|v| v.to_string()));
-            }
-        }
-        i += if value.is_some() { 2 } else { 1 };
-    }
-    args
+    with_flags(args, extra)
 }
 
 fn read(path: &Path) -> String {

@@ -731,3 +731,127 @@ fn bad_inputs_are_errors_naming_the_file() {
         .to_string();
     assert_mentions(&err, &["tokenizer.json"]);
 }
+
+/// A word-level tokenizer over `words` (after `<pad>` = 0 and `<unk>` = 1) with a pad token:
+/// class prompts for the fixture, whose checkpoint has no tokenizer.
+fn write_word_tokenizer(dir: &Path, words: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut vocab = serde_json::Map::new();
+    for (i, w) in ["<pad>", "<unk>"].iter().chain(words).enumerate() {
+        vocab.insert(w.to_string(), serde_json::json!(i));
+    }
+    let special = |id: usize, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(0, "<pad>"), special(1, "<unk>")],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"pad_token": "<pad>", "unk_token": "<unk>"}"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn ipa_vtab_runs_the_protocol_from_the_command_line() {
+    let _serial = serial();
+    let task = Task::standard("cli");
+    // Class names as some task lists have them: underscores and capitals.
+    std::fs::write(
+        task.dir.join("classnames.txt"),
+        "Round_Circle\nsquare\nTriangle\n",
+    )
+    .unwrap();
+    let words = ["a", "photo", "of", "round", "circle", "square", "triangle"];
+    let tokenizer = task.root.join("tokenizer");
+    write_word_tokenizer(&tokenizer, &words);
+    let out = task.root.join("out");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "vtab",
+            "--model",
+            s(&model_dir()),
+            "--tokenizer",
+            s(&tokenizer),
+            "--data-root",
+            s(&task.root),
+            "--task",
+            TASK,
+            "--out",
+            s(&out),
+            "--text-len",
+            "8",
+            "--rank",
+            "2",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "1",
+            "--eval-batch-size",
+            "4",
+            "--fit-batch-size",
+            "3",
+            "--quiet",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let stdout = ipa_ok(&args(&[]));
+    assert!(stdout.contains("best:"), "{stdout}");
+    let resolved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join(VTAB_CONFIG_FILE)).unwrap())
+            .unwrap();
+    // The official script's defaults: scaling 0.05, the projector trained.
+    assert_eq!(resolved["adapter"]["scaling"]["factor"], 0.05);
+    assert_eq!(resolved["adapter"]["train_projector"], true);
+    assert_eq!(resolved["config"]["train"]["max_grad_norm"], 1.0);
+    // "a photo of a round circle": the class name lowercased, its underscore a space.
+    let id = |w: &str| 2 + words.iter().position(|x| *x == w).unwrap() as u64;
+    let want: Vec<u64> = ["a", "photo", "of", "a", "round", "circle"]
+        .iter()
+        .map(|w| id(w))
+        .chain([0, 0])
+        .collect();
+    let got: Vec<u64> = resolved["class_ids"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(got, want);
+    assert!(out
+        .join(BEST_ADAPTER_DIR)
+        .join("adapter_model.safetensors")
+        .is_file());
+
+    // The folder holds a run: refused, resumed (nothing left to do), or overwritten.
+    ipa_err(&args(&[]), &["not empty", "--resume", "--overwrite"]);
+    let again = ipa_ok(&args(&["--resume"]));
+    assert!(again.contains("4 steps"), "{again}");
+    ipa_err(&args(&["--alpha", "4"]), &["--scaling"]);
+    ipa_ok(&args(&[
+        "--overwrite",
+        "--scaling",
+        "0.5",
+        "--max-grad-norm",
+        "0",
+    ]));
+    let report = read_report(&out.join(REPORT_FILE)).unwrap();
+    assert_eq!(report.adapter.scale(), 0.5);
+    let resolved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join(VTAB_CONFIG_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(resolved["config"]["train"]["max_grad_norm"], 0.0);
+}

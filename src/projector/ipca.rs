@@ -33,6 +33,14 @@ pub enum IpcaSolver {
 /// singular vectors of that matrix:
 ///
 /// `M = [diag(S)·V ; X − x̄ ; √(N·n/(N+n))·(μ − x̄)]`
+///
+/// **A first batch of fewer rows than `rank`** is accepted, where scikit-learn refuses it
+/// (`n_components must be less or equal to the batch number of samples` on the first
+/// `partial_fit`): with padding removed, a batch's real rows are not the user's to choose.
+/// Nothing is truncated while fewer than `rank` directions exist, so after the batches that
+/// bring the count to `rank` the state equals one update on their concatenation — what
+/// scikit-learn gives when those batches come as one. [`ProjectorFit::finish`] needs more than
+/// `rank` rows in all.
 pub struct IncrementalPca<B: Backend> {
     d: usize,
     rank: usize,

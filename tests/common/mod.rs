@@ -368,3 +368,23 @@ pub fn tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec
         })
         .collect()
 }
+
+/// `args` with `extra` applied: a flag of `extra` already in `args` gets the new value (a
+/// flag without a value is kept once), other flags are appended.
+pub fn with_flags(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+    let mut i = 0;
+    while i < extra.len() {
+        let flag = extra[i];
+        let value = extra.get(i + 1).filter(|v| !v.starts_with("--"));
+        match (args.iter().position(|a| a == flag), value) {
+            (Some(at), Some(v)) => args[at + 1] = v.to_string(),
+            (Some(_), None) => {}
+            (None, v) => {
+                args.push(flag.to_string());
+                args.extend(v.map(|v| v.to_string()));
+            }
+        }
+        i += if value.is_some() { 2 } else { 1 };
+    }
+    args
+}

@@ -399,3 +399,44 @@ fn bad_batches_are_refused_and_leave_the_state_unchanged() {
         );
     }
 }
+
+fn small_first_batch_body<B: Backend>(tol: f64) {
+    // scikit-learn refuses a first batch of fewer rows than the rank; IncrementalPca accepts
+    // it and drops nothing until `rank` rows have been seen, so the result equals one update
+    // on the merged batches (whose IPCA update scikit-learn's fixtures check).
+    let (d, r) = (12, 4);
+    let data = gapped_data::<B>(40, d, 3, 11);
+    let rows = |a: usize, b: usize| data.clone().slice([a..b]);
+    let device = Default::default();
+    let mut small = IncrementalPca::<B>::new(d, r, IpcaSolver::Exact, &device).unwrap();
+    for (a, b) in [(0, 2), (2, 3), (3, 10), (10, 25), (25, 40)] {
+        small.update(rows(a, b), None).unwrap();
+    }
+    let mut merged = IncrementalPca::<B>::new(d, r, IpcaSolver::Exact, &device).unwrap();
+    for (a, b) in [(0, 10), (10, 25), (25, 40)] {
+        merged.update(rows(a, b), None).unwrap();
+    }
+    let (s, m) = (small.finish().unwrap(), merged.finish().unwrap());
+    assert_close(
+        &s.singular_values,
+        &m.singular_values,
+        tol,
+        "singular values",
+    );
+    assert_close(
+        &host(s.components.clone()),
+        &host(m.components.clone()),
+        tol,
+        "components",
+    );
+    // Before `rank` rows there is nothing to finish yet: an error, not a short projector.
+    let mut early = IncrementalPca::<B>::new(d, r, IpcaSolver::Exact, &device).unwrap();
+    early.update(rows(0, 3), None).unwrap();
+    let err = early.finish().unwrap_err().to_string();
+    assert!(err.contains("at least 5"), "{err}");
+}
+
+#[test]
+fn ipca_accepts_a_first_batch_smaller_than_the_rank() {
+    small_first_batch_body::<SuiteBackend>(tol::<SuiteBackend>(1e-4, 1e-9));
+}
