@@ -59,6 +59,29 @@ impl Error {
         }
     }
 
+    /// The same error, its message prefixed by `what` (a layer, a flag) without repeating the
+    /// error's kind.
+    pub fn in_context(self, what: impl std::fmt::Display) -> Self {
+        match self {
+            Error::Config(m) => Error::Config(format!("{what}: {m}")),
+            Error::Fit(m) => Error::Fit(format!("{what}: {m}")),
+            Error::State(m) => Error::State(format!("{what}: {m}")),
+            Error::NonFinite(m) => Error::NonFinite(format!("{what}: {m}")),
+            Error::LinearAlgebra(m) => Error::LinearAlgebra(format!("{what}: {m}")),
+            Error::Shape {
+                what: inner,
+                expected,
+                got,
+            } => Error::Shape {
+                what: format!("{what}: {inner}"),
+                expected,
+                got,
+            },
+            // They name their file already.
+            other @ (Error::File { .. } | Error::Tensor { .. }) => other,
+        }
+    }
+
     /// Shorthand for a shape error.
     pub fn shape(
         what: impl Into<String>,

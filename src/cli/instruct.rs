@@ -73,7 +73,7 @@ pub struct FitPassArgs {
     pub algorithm: Option<String>,
     /// Fraction of the training split the fit reads: the first part of its seeded shuffle
     /// [default: 0.1, as the official runs].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub fit_fraction: Option<f64>,
     /// Sequences per fit forward pass [default: 64, the official runs' batch].
     #[arg(long)]
@@ -144,14 +144,14 @@ pub struct AdapterArgs {
     pub rank: usize,
     /// IPA: the update's plain scaling factor [default: 0.25, 0.4 for Gemma-3, as the
     /// official scripts].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub scaling: Option<f64>,
     /// LoRA/DoRA: the update is scaled by alpha / r [default: 2·r].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub alpha: Option<f64>,
     /// Dropout on the adapter input [default: 0 for IPA, 0.05 for LoRA and DoRA, as the
     /// official scripts].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub dropout: Option<f64>,
     /// Train the projector too (`--train-projector` or `--train-projector true`: the paper's
     /// "Proj FT ✓"; `false`: frozen) [default: true for lora, false for ipa].
@@ -197,10 +197,10 @@ pub enum FitMode {
 #[derive(Args, Debug, Clone)]
 pub struct OptimArgs {
     /// Peak learning rate (the official scripts: 1e-4; Llama-2 LoRA 3e-4, DoRA 2e-4).
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1e-4)]
     pub learning_rate: f64,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     pub weight_decay: f64,
     /// Epochs.
     #[arg(long, default_value_t = 3)]
@@ -225,10 +225,10 @@ pub struct OptimArgs {
     #[arg(long, default_value_t = 80)]
     pub valid_every: usize,
     /// Clip the global gradient norm to this value (HF Trainer: 1.0); 0: no clipping.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub max_grad_norm: f64,
     /// AdamW's epsilon (HF Trainer: 1e-8; burn's own default is 1e-5).
-    #[arg(long, default_value_t = 1e-8)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1e-8)]
     pub adam_epsilon: f64,
     /// Which adapter ends up in <out>/adapter: `best` validation loss (HF's
     /// load_best_model_at_end, every official run) or `last`.

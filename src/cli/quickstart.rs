@@ -37,7 +37,7 @@ pub struct QuickstartCmd {
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Peak learning rate [default: 5e-3].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub learning_rate: Option<f64>,
     /// Adapter rank, with LoRA's alpha at 2·rank [default: 8, or 4 with --reduced].
     #[arg(long)]

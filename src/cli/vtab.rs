@@ -52,14 +52,14 @@ pub struct VtabCmd {
     pub rank: Option<usize>,
     /// LoRA: scale the update by alpha / r [default: alpha = r, the official script's; the
     /// paper's text says 2r].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub alpha: Option<f64>,
     /// IPA: the update's scaling factor [default: 0.05, the official script's; the paper's
     /// text says 0.5].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub scaling: Option<f64>,
     /// Dropout on the adapter input [default: 0.1].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub dropout: Option<f64>,
     /// Train the projector (true/false) [default: true, for ipa too: the official script's
     /// pre_ipca_requires_grad].
@@ -73,16 +73,16 @@ pub struct VtabCmd {
     #[arg(long)]
     pub fit_algorithm: Option<String>,
     /// Fraction of the training images the fit reads, in file order [default: 1.0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub fit_fraction: Option<f64>,
     /// Images per fit forward pass [default: 64].
     #[arg(long)]
     pub fit_batch_size: Option<usize>,
     /// Peak learning rate [default: 1e-3].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub learning_rate: Option<f64>,
     /// AdamW weight decay [default: 0, HF Trainer's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f64>,
     /// Epochs [default: 100].
     #[arg(long)]
@@ -117,7 +117,7 @@ pub struct VtabCmd {
     pub seed: Option<u64>,
     /// Clip the global gradient norm to this value; 0: no clipping [default: 1.0, HF
     /// Trainer's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub max_grad_norm: Option<f64>,
     /// Continue from the latest intact checkpoint in --out (refused, naming what differs, if
     /// its settings, model or data changed).

@@ -99,7 +99,7 @@ impl<B: Backend> DecoderFit<B> {
                     &device,
                 );
                 if let Some(Err(e)) = estimators.update(&site, rows, Some(keep)) {
-                    first_error = Some(Error::Fit(format!("{}: {e}", describe_site(&site))));
+                    first_error = Some(e.in_context(describe_site(&site)));
                 }
             },
         )?;

@@ -88,7 +88,7 @@ impl<B: Backend> SiglipFit<B> {
                 }
                 let key = VisionSite { layer, site };
                 if let Some(Err(e)) = estimators.update(&key, rows, None) {
-                    first_error = Some(Error::Fit(format!("{}: {e}", describe_vision_site(&key))));
+                    first_error = Some(e.in_context(describe_vision_site(&key)));
                 }
             },
         )?;

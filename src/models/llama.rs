@@ -647,7 +647,7 @@ impl<B: Backend> Decoder<B> {
                 *linear = linear
                     .clone()
                     .attach(config, projector)
-                    .map_err(|e| Error::Config(format!("{path}: {e}")))?;
+                    .map_err(|e| e.in_context(&path))?;
                 adapted.push(path);
             }
         }

@@ -249,7 +249,7 @@ pub fn count_trainable(
         if targets.iter().any(|t| t == &l.name) {
             adapter
                 .validate(l.d_in, l.d_out)
-                .map_err(|e| Error::Config(format!("{}: {e}", l.path)))?;
+                .map_err(|e| e.in_context(&l.path))?;
             count.trainable += adapter.trainable_params(l.d_in, l.d_out);
             count.layers += 1;
         }

@@ -445,8 +445,10 @@ impl InstructData {
 }
 
 fn check_targets(targets: &[String]) -> Result<()> {
-    if targets.is_empty() {
-        return Err(Error::Config("no target modules given (--targets)".into()));
+    if targets.is_empty() || targets.iter().any(|t| t.trim().is_empty()) {
+        return Err(Error::Config(
+            "--targets: give target module names separated by commas (e.g. q_proj,v_proj)".into(),
+        ));
     }
     for t in targets {
         crate::fit::site_kind_of(t)?;
@@ -970,8 +972,15 @@ pub fn attach_saved_adapter<B: Backend>(
     model: &mut Decoder<B>,
     dir: &Path,
 ) -> Result<AdapterConfig> {
-    if !dir.is_dir() {
-        return Err(Error::file(dir, "is not an adapter folder"));
+    if !dir.join(crate::adapter::ADAPTER_CONFIG_FILE).is_file() {
+        return Err(Error::file(
+            dir,
+            format!(
+                "is not an adapter folder (no {}): give `ipa train`'s <out>/adapter or an HF \
+                 peft adapter folder",
+                crate::adapter::ADAPTER_CONFIG_FILE
+            ),
+        ));
     }
     if is_peft_adapter(dir) {
         return Ok(crate::export::load_peft(model, dir)?.config);

@@ -39,7 +39,7 @@ use burn_store::KeyRemapper;
 
 use crate::adapter::{AdaptedLinear, AdapterConfig, ProjectorInit};
 use crate::models::loading::{load_weights, weight_files};
-use crate::{Error, Result};
+use crate::Result;
 
 /// What [`SiglipModel::forward`] returns.
 #[derive(Clone, Debug)]
@@ -158,7 +158,7 @@ impl<B: Backend> SiglipModel<B> {
                 *linear = linear
                     .clone()
                     .attach(config, projector)
-                    .map_err(|e| Error::Config(format!("{path}: {e}")))?;
+                    .map_err(|e| e.in_context(&path))?;
                 adapted.push(path);
             }
         }
