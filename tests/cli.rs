@@ -291,3 +291,84 @@ fn bad_input_is_reported_with_the_file() {
         assert!(!success && stderr.contains("--features cuda"), "{stderr}");
     }
 }
+
+#[test]
+fn eval_takes_any_task_folder_with_its_own_answer_words() {
+    let ws = common::Workspace::new("cli-anytask", 4, 3);
+    // A task of our own: the ARC-style generated questions under another name, with two of
+    // their answers renamed so the words come from this data only.
+    let arc = std::fs::read_to_string(ws.dataset().join("ARC-Easy/test.json")).unwrap();
+    let mine = arc.replace("answer1", "first").replace("answer2", "second");
+    std::fs::create_dir_all(ws.dataset().join("mine")).unwrap();
+    std::fs::write(ws.dataset().join("mine/test.json"), &mine).unwrap();
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "eval".to_string(),
+            "--model".into(),
+            s(&ws.base()).into(),
+            "--data-dir".into(),
+            s(&ws.dataset()).into(),
+            "--tasks".into(),
+            "mine,boolq".into(),
+            "--num-beams".into(),
+            "1".into(),
+            "--max-new-tokens".into(),
+            "8".into(),
+            "--out".into(),
+            s(out).into(),
+            "--quiet".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        common::ipa_ok(&args);
+        let lines = std::fs::read_to_string(out.join("predictions.jsonl")).unwrap();
+        lines
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let words: Vec<String> = {
+        let set: serde_json::Value = serde_json::from_str(&mine).unwrap();
+        let mut w: Vec<String> = set
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["answer"].as_str().unwrap().to_string())
+            .collect();
+        w.sort();
+        w.dedup();
+        w
+    };
+    let predictions = run(&ws.path("eval"), &[]);
+    let ours: Vec<&serde_json::Value> =
+        predictions.iter().filter(|p| p["task"] == "mine").collect();
+    assert_eq!(ours.len(), 3);
+    for p in &ours {
+        // The predicted answer is the leftmost answer word of the output, if any.
+        let output = p["output"].as_str().unwrap().trim();
+        let want = words
+            .iter()
+            .filter_map(|w| output.find(w.as_str()).map(|at| (at, w)))
+            .min()
+            .map(|(_, w)| w.clone());
+        assert_eq!(p["predicted"].as_str().map(str::to_string), want, "{p}");
+    }
+    let accuracy: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ws.path("eval").join("accuracy.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        accuracy.get("mine").is_some() && accuracy.get("boolq").is_some(),
+        "{accuracy}"
+    );
+
+    // A pattern reads every task's answers instead.
+    let predictions = run(&ws.path("eval-pattern"), &["--answer-pattern", "[a-z]+"]);
+    for p in &predictions {
+        let output = p["output"].as_str().unwrap().trim();
+        let want = regex::Regex::new("[a-z]+")
+            .unwrap()
+            .find(output)
+            .map(|m| m.as_str().to_string());
+        assert_eq!(p["predicted"].as_str().map(str::to_string), want, "{p}");
+    }
+}

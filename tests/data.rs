@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn_ipa::data::instruction::{
     load_examples, tokenize_example, InstructionExample, PromptStyle, IGNORE_INDEX,
 };
-use burn_ipa::eval::commonsense::{Accuracy, Task};
+use burn_ipa::eval::commonsense::{Accuracy, EvalTask, Task};
 use burn_ipa::models::tokenizer::Tokenizer;
 
 fn temp_file(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -160,6 +160,12 @@ fn answers_are_the_first_answer_word() {
     ];
     for (task, text, want) in cases {
         assert_eq!(task.extract_answer(text), want, "{task:?}: {text:?}");
+        // The evaluation's task reads the same answer from the same words.
+        assert_eq!(
+            EvalTask::builtin(task).extract_answer(text),
+            want,
+            "{task:?}"
+        );
     }
     assert_eq!(
         Task::from_name("ARC-Challenge").unwrap(),
@@ -171,9 +177,36 @@ fn answers_are_the_first_answer_word() {
         .contains("ARC-Easy"));
 
     let mut acc = Accuracy::default();
-    acc.record(Task::BoolQ, Some("true"), "true");
-    acc.record(Task::BoolQ, None, "false");
-    acc.record(Task::Piqa, Some("solution1"), "solution1");
-    assert_eq!(acc.of(Task::BoolQ), Some(0.5));
+    acc.record("boolq", Some("true"), "true");
+    acc.record("boolq", None, "false");
+    acc.record("piqa", Some("solution1"), "solution1");
+    assert_eq!(acc.of("boolq"), Some(0.5));
     assert_eq!(acc.average(), Some(0.75));
+}
+
+#[test]
+fn any_task_reads_its_answers_from_its_data_or_a_pattern() {
+    // Answer words from the data: at one position the longest wins.
+    let task =
+        EvalTask::from_answers("mine", ["answer1", "answer10", "answer2", "answer1", " "]).unwrap();
+    assert_eq!(
+        task.extract_answer("it is answer10, not answer2"),
+        Some("answer10")
+    );
+    assert_eq!(task.extract_answer("answer2 then answer1"), Some("answer2"));
+    assert_eq!(task.extract_answer("none"), None);
+    let err = EvalTask::from_answers("empty", ["", " "])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("empty") && err.contains("--answer-pattern"),
+        "{err}"
+    );
+    let pattern = EvalTask::with_pattern("p", r"answer[1-4]").unwrap();
+    assert_eq!(
+        pattern.extract_answer("so answer5? no: answer3"),
+        Some("answer3")
+    );
+    let err = EvalTask::with_pattern("p", "(").unwrap_err().to_string();
+    assert!(err.contains("--answer-pattern"), "{err}");
 }

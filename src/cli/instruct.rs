@@ -558,7 +558,9 @@ pub struct EvalCmd {
     /// Folder with <dataset>/test.json per task (LLM-Adapters' dataset/).
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Tasks (comma-separated dataset names).
+    /// Tasks: folder names under --data-dir, comma-separated. The eight commonsense tasks are
+    /// read by their official answer words; any other folder's answers by the distinct
+    /// `answer` values of its test data (or --answer-pattern).
     #[arg(
         long,
         value_delimiter = ',',
@@ -580,6 +582,10 @@ pub struct EvalCmd {
     /// Evaluate only the first N examples of each task.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Read answers as the leftmost match of this regular expression, for every task (e.g.
+    /// `answer[1-4]`).
+    #[arg(long)]
+    pub answer_pattern: Option<String>,
     #[command(flatten)]
     pub out: OutArgs,
     #[command(flatten)]
@@ -612,6 +618,7 @@ impl BackendJob for EvalCmd {
             max_new_tokens: self.max_new_tokens,
             batch_size: self.batch_size,
             limit: self.limit,
+            answer_pattern: self.answer_pattern.clone(),
         };
         let control = RunControl {
             existing: Some(self.out.existing()),

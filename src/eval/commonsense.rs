@@ -2,8 +2,6 @@
 //! generated text: the first occurrence of one of the task's answer words, as
 //! `commonsense_evaluate.py` does it (case-sensitive).
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 use crate::{Error, Result};
@@ -93,34 +91,135 @@ impl Task {
     }
 }
 
-/// Correct and total counts per task.
+/// How a task's answer is read from generated text: the first (leftmost) match of one of its
+/// answer words, or of a regular expression.
+#[derive(Clone, Debug)]
+pub enum AnswerFormat {
+    /// Answer words; at one position the longest wins (`answer10` over `answer1`).
+    Words(Vec<String>),
+    /// A regular expression (its leftmost match is the answer), e.g. `answer[1-4]`.
+    Pattern(regex::Regex),
+}
+
+impl AnswerFormat {
+    /// The first answer in `text`.
+    pub fn extract<'t>(&self, text: &'t str) -> Option<&'t str> {
+        let text = text.trim();
+        match self {
+            AnswerFormat::Words(words) => words
+                .iter()
+                .filter_map(|w| text.find(w.as_str()).map(|pos| (pos, w.len())))
+                .min_by_key(|&(pos, len)| (pos, std::cmp::Reverse(len)))
+                .map(|(pos, len)| &text[pos..pos + len]),
+            AnswerFormat::Pattern(re) => re.find(text).map(|m| m.as_str()),
+        }
+    }
+}
+
+/// A task to evaluate: a name (its folder under the data dir) and how its answers read. The
+/// eight commonsense tasks have their official answer words; any other task folder takes the
+/// set of `answer` values of its own test data, or a pattern.
+#[derive(Clone, Debug)]
+pub struct EvalTask {
+    /// The folder name, e.g. `boolq` or `wordnet_definitions`.
+    pub name: String,
+    /// How answers are read.
+    pub format: AnswerFormat,
+}
+
+impl EvalTask {
+    /// One of the eight commonsense tasks, with its official answer words.
+    pub fn builtin(task: Task) -> Self {
+        Self {
+            name: task.dataset_name().to_string(),
+            format: AnswerFormat::Words(
+                task.answer_words().iter().map(|w| w.to_string()).collect(),
+            ),
+        }
+    }
+
+    /// A task whose answer words are the distinct `answers` of its data (an error names the
+    /// task when there are none).
+    pub fn from_answers<'a>(
+        name: &str,
+        answers: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self> {
+        let mut words: Vec<String> = answers
+            .into_iter()
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+        words.sort();
+        words.dedup();
+        if words.is_empty() {
+            return Err(Error::Config(format!(
+                "task `{name}`: its test data has no `answer` values to read answers by; give \
+                 --answer-pattern"
+            )));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            format: AnswerFormat::Words(words),
+        })
+    }
+
+    /// A task whose answers are the leftmost match of `pattern`.
+    pub fn with_pattern(name: &str, pattern: &str) -> Result<Self> {
+        let re = regex::Regex::new(pattern)
+            .map_err(|e| Error::Config(format!("--answer-pattern `{pattern}`: {e}")))?;
+        Ok(Self {
+            name: name.to_string(),
+            format: AnswerFormat::Pattern(re),
+        })
+    }
+
+    /// The first answer in `text`.
+    pub fn extract_answer<'t>(&self, text: &'t str) -> Option<&'t str> {
+        self.format.extract(text)
+    }
+}
+
+/// Correct and total counts per task, in the order tasks were first recorded.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Accuracy {
-    /// `(correct, total)` per task.
-    pub per_task: BTreeMap<Task, (usize, usize)>,
+    /// `(task, correct, total)`.
+    pub per_task: Vec<(String, usize, usize)>,
 }
 
 impl Accuracy {
     /// Records one prediction.
-    pub fn record(&mut self, task: Task, predicted: Option<&str>, answer: &str) {
-        let entry = self.per_task.entry(task).or_insert((0, 0));
-        entry.1 += 1;
-        if predicted == Some(answer) {
-            entry.0 += 1;
+    pub fn record(&mut self, task: &str, predicted: Option<&str>, answer: &str) {
+        let at = match self.per_task.iter().position(|(t, _, _)| t == task) {
+            Some(at) => at,
+            None => {
+                self.per_task.push((task.to_string(), 0, 0));
+                self.per_task.len() - 1
+            }
+        };
+        let entry = &mut self.per_task[at];
+        entry.2 += 1;
+        if predicted == Some(answer.trim()) {
+            entry.1 += 1;
         }
     }
 
     /// Accuracy of one task in [0, 1].
-    pub fn of(&self, task: Task) -> Option<f64> {
+    pub fn of(&self, task: &str) -> Option<f64> {
         self.per_task
-            .get(&task)
-            .filter(|(_, n)| *n > 0)
-            .map(|(c, n)| *c as f64 / *n as f64)
+            .iter()
+            .find(|(t, _, n)| t == task && *n > 0)
+            .map(|(_, c, n)| *c as f64 / *n as f64)
     }
 
     /// Mean of the per-task accuracies (the paper's "Avg.").
     pub fn average(&self) -> Option<f64> {
-        let accs: Vec<f64> = self.per_task.keys().filter_map(|t| self.of(*t)).collect();
+        let accs: Vec<f64> = self
+            .per_task
+            .iter()
+            .filter(|(_, _, n)| *n > 0)
+            .map(|(_, c, n)| *c as f64 / *n as f64)
+            .collect();
         (!accs.is_empty()).then(|| accs.iter().sum::<f64>() / accs.len() as f64)
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 
-use super::commonsense::{Accuracy, Task};
+use super::commonsense::{Accuracy, EvalTask, Task};
 use crate::adapter::write_atomic;
 use crate::data::instruction::{load_examples, InstructionExample, PromptStyle};
 use crate::models::generate::{generate, GenerationConfig};
@@ -20,8 +20,8 @@ use crate::{Error, Result};
 /// One task's test set, with the file it came from (named in errors).
 #[derive(Clone, Debug)]
 pub struct TestSet {
-    /// The task (its answer words).
-    pub task: Task,
+    /// The task (its answer format).
+    pub task: EvalTask,
     /// The file the examples were read from.
     pub path: PathBuf,
     /// The examples, in file order.
@@ -29,10 +29,24 @@ pub struct TestSet {
 }
 
 impl TestSet {
-    /// Reads `<data_dir>/<task>/test.json`, keeping the first `limit` examples when given.
-    pub fn load(data_dir: &Path, task: Task, limit: Option<usize>) -> Result<Self> {
-        let path = data_dir.join(task.dataset_name()).join("test.json");
-        let mut examples = load_examples(&path, true)?;
+    /// Reads `<data_dir>/<name>/test.json`, keeping the first `limit` examples when given. The
+    /// answers are read by `answer_pattern` when given, else by the official answer words of
+    /// the eight commonsense tasks, else by the distinct `answer` values of the task's data.
+    pub fn load(
+        data_dir: &Path,
+        name: &str,
+        answer_pattern: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Self> {
+        let path = data_dir.join(name).join("test.json");
+        let all = load_examples(&path, true)?;
+        let task = match (answer_pattern, Task::from_name(name)) {
+            (Some(pattern), _) => EvalTask::with_pattern(name, pattern)?,
+            (None, Ok(builtin)) => EvalTask::builtin(builtin),
+            (None, Err(_)) => EvalTask::from_answers(name, all.iter().map(|e| e.answer.as_str()))
+                .map_err(|e| Error::file(&path, e))?,
+        };
+        let mut examples = all;
         if let Some(limit) = limit {
             examples.truncate(limit);
         }
@@ -41,6 +55,15 @@ impl TestSet {
             path,
             examples,
         })
+    }
+
+    /// A test set of a built-in task from examples in memory (`path` only names it).
+    pub fn builtin(task: Task, path: PathBuf, examples: Vec<InstructionExample>) -> Self {
+        Self {
+            task: EvalTask::builtin(task),
+            path,
+            examples,
+        }
     }
 }
 
@@ -136,11 +159,11 @@ pub fn evaluate<B: Backend>(
                 let ex = &set.examples[*index];
                 let text = tokenizer.decode(&out, true)?;
                 let predicted = set.task.extract_answer(&text);
-                accuracy.record(set.task, predicted, &ex.answer);
+                accuracy.record(&set.task.name, predicted, &ex.answer);
                 predictions.push(Prediction {
-                    task: set.task.dataset_name().to_string(),
+                    task: set.task.name.clone(),
                     index: *index,
-                    correct: predicted == Some(ex.answer.as_str()),
+                    correct: predicted == Some(ex.answer.trim()),
                     predicted: predicted.map(str::to_string),
                     answer: ex.answer.clone(),
                     output: text,
@@ -170,9 +193,9 @@ pub fn write_predictions(path: &Path, predictions: &[Prediction]) -> Result<()> 
 /// Accuracy per task and the average, as a JSON-friendly map.
 pub fn accuracy_summary(accuracy: &Accuracy) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    for task in Task::ALL {
+    for (task, _, _) in &accuracy.per_task {
         if let Some(a) = accuracy.of(task) {
-            out.insert(task.dataset_name().to_string(), a);
+            out.insert(task.clone(), a);
         }
     }
     if let Some(avg) = accuracy.average() {

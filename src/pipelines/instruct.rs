@@ -35,7 +35,6 @@ use crate::adapter::{
 use crate::data::instruction::{
     check_vocabulary, load_examples, tokenize_all, PromptStyle, TokenizedExample,
 };
-use crate::eval::commonsense::Task;
 use crate::eval::{accuracy_summary, write_predictions, TestSet};
 use crate::fit::{
     fit_pass, install_projectors, load_projectors, save_projectors, FitPassConfig, PROJECTORS_FILE,
@@ -288,6 +287,11 @@ pub struct EvalRun {
     pub batch_size: usize,
     /// Only the first N examples of each task.
     pub limit: Option<usize>,
+    /// Read every task's answer as the leftmost match of this regular expression (default:
+    /// the official answer words of the eight commonsense tasks, the distinct `answer` values
+    /// of any other task's data).
+    #[serde(default)]
+    pub answer_pattern: Option<String>,
 }
 
 /// How a run treats its output folder and reports progress.
@@ -1027,8 +1031,8 @@ impl EvalRun {
         if self.limit == Some(0) {
             return Err(Error::Config("--limit 0 evaluates nothing".into()));
         }
-        for name in &self.tasks {
-            Task::from_name(name)?;
+        if let Some(p) = &self.answer_pattern {
+            crate::eval::commonsense::EvalTask::with_pattern("-", p)?;
         }
         Ok(())
     }
@@ -1053,11 +1057,18 @@ pub fn evaluate<B: Backend>(
     let tests = run
         .tasks
         .iter()
-        .map(|name| TestSet::load(&run.data_dir, Task::from_name(name)?, run.limit))
+        .map(|name| {
+            TestSet::load(
+                &run.data_dir,
+                name,
+                run.answer_pattern.as_deref(),
+                run.limit,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     let mut inputs = json!({ "model": model_identity(&run.model)? });
     for set in &tests {
-        inputs[format!("test:{}", set.task.dataset_name())] = data_identity(&set.path)?;
+        inputs[format!("test:{}", set.task.name)] = data_identity(&set.path)?;
     }
     write_json(
         &out.join(EVAL_CONFIG_FILE),

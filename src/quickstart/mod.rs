@@ -308,6 +308,7 @@ pub fn run_quickstart<B: Backend>(
         max_new_tokens: config.max_new_tokens,
         batch_size: config.eval_batch_size,
         limit: None,
+        answer_pattern: None,
     };
 
     let mut results = Vec::new();
