@@ -87,6 +87,14 @@ enum Command {
     /// loads as a LoRA (or DoRA) adapter: IPA is LoRA-shaped, P becomes lora_A and B lora_B,
     /// and the scaling is folded into lora_alpha.
     Export(cli::export::ExportCmd),
+    /// Build instruction tasks from WordNet's definitions and hypernyms (real, human-written
+    /// data available offline).
+    ///
+    /// `wordnet_definitions`: which of four words of the same lexicographer file means a
+    /// definition (answer1-4); `wordnet_hypernyms`: is a word a kind of another (true/false).
+    /// Training and test questions ask about disjoint words. Writes train.json and
+    /// dataset/<task>/test.json in the LLM-Adapters layout, for `ipa train` and `ipa eval`.
+    WordnetTasks(cli::wordnet::WordNetCmd),
     /// Count the trainable adapter parameters of a model from its config.json alone.
     ///
     /// Prints LoRA/IPA with the projector frozen (✗) and trained (✓), plain and with DoRA.
@@ -174,6 +182,7 @@ fn run(cli: Cli) -> burn_ipa::Result<ExitCode> {
         Command::Merge(cmd) => cmd.run(),
         Command::Export(cmd) => cmd.run(),
         Command::Params(cmd) => cmd.run(),
+        Command::WordnetTasks(cmd) => cmd.run(),
         Command::Bench {
             what:
                 BenchCommand::Forward {

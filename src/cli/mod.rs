@@ -6,6 +6,7 @@ pub mod instruct;
 pub mod params;
 pub mod quickstart;
 pub mod vtab;
+pub mod wordnet;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

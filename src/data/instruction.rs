@@ -231,3 +231,23 @@ pub fn check_vocabulary(examples: &[TokenizedExample], vocab_size: usize) -> Res
     }
     Ok(())
 }
+
+/// Writes a task set in the LLM-Adapters layout: `dir/train.json` and
+/// `dir/dataset/<name>/test.json` per test set, each written atomically.
+pub fn write_dataset(
+    dir: &Path,
+    train: &[InstructionExample],
+    tests: &[(String, Vec<InstructionExample>)],
+) -> Result<()> {
+    let json = |v: &[InstructionExample]| {
+        serde_json::to_vec_pretty(v).map_err(|e| Error::State(format!("serialising examples: {e}")))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    crate::adapter::write_atomic(&dir.join("train.json"), &json(train)?)?;
+    for (name, set) in tests {
+        let task_dir = dir.join("dataset").join(name);
+        std::fs::create_dir_all(&task_dir).map_err(|e| Error::file(&task_dir, e))?;
+        crate::adapter::write_atomic(&task_dir.join("test.json"), &json(set)?)?;
+    }
+    Ok(())
+}

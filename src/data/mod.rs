@@ -3,3 +3,5 @@
 
 pub mod instruction;
 pub mod vtab;
+pub mod wordnet;
+pub mod wordnet_tasks;

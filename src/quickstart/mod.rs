@@ -393,20 +393,11 @@ pub fn write_task_set(
         Vec<crate::data::instruction::InstructionExample>,
     )],
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    write_atomic(
-        &dir.join("train.json"),
-        &serde_json::to_vec_pretty(train).expect("json"),
-    )?;
-    for (task, set) in tests {
-        let task_dir = dir.join("dataset").join(task.dataset_name());
-        std::fs::create_dir_all(&task_dir).map_err(|e| Error::file(&task_dir, e))?;
-        write_atomic(
-            &task_dir.join("test.json"),
-            &serde_json::to_vec_pretty(set).expect("json"),
-        )?;
-    }
-    Ok(())
+    let named: Vec<(String, Vec<crate::data::instruction::InstructionExample>)> = tests
+        .iter()
+        .map(|(task, set)| (task.dataset_name().to_string(), set.clone()))
+        .collect();
+    crate::data::instruction::write_dataset(dir, train, &named)
 }
 
 /// The results as a Markdown table.
