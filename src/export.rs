@@ -604,6 +604,28 @@ pub fn export_merged_with<B: Backend>(
     out_dir: &Path,
     dtype: WeightDtype,
 ) -> Result<()> {
+    write_checkpoint(model, source_dir, out_dir, dtype, true)
+}
+
+/// Writes the weights `model` holds now (adapters merged if it has any) as a checkpoint in the
+/// layout of `source_dir`, as [`export_merged`] does: what a run that trained the weights
+/// themselves (all of them, or some linears') leaves.
+pub fn export_model<B: Backend>(
+    model: &Decoder<B>,
+    source_dir: &Path,
+    out_dir: &Path,
+    dtype: WeightDtype,
+) -> Result<()> {
+    write_checkpoint(model, source_dir, out_dir, dtype, false)
+}
+
+fn write_checkpoint<B: Backend>(
+    model: &Decoder<B>,
+    source_dir: &Path,
+    out_dir: &Path,
+    dtype: WeightDtype,
+    require_adapters: bool,
+) -> Result<()> {
     if let (Ok(a), Ok(b)) = (source_dir.canonicalize(), out_dir.canonicalize()) {
         if a == b {
             return Err(Error::Config(format!(
@@ -624,7 +646,7 @@ pub fn export_merged_with<B: Backend>(
             adapted += 1;
         }
     }
-    if adapted == 0 {
+    if adapted == 0 && require_adapters {
         return Err(Error::State(
             "the model has no adapters to merge; the source checkpoint is already the model".into(),
         ));

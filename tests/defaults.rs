@@ -11,14 +11,18 @@ use common::*;
 type B = TestBackend;
 
 fn train(ws: &Workspace, out: &Path, extra: &[&str]) -> String {
+    let mut all = vec!["--rank", "4"];
+    all.extend_from_slice(extra);
+    train_without_rank(ws, out, &all)
+}
+
+fn train_without_rank(ws: &Workspace, out: &Path, extra: &[&str]) -> String {
     let args: Vec<String> = [
         "train",
         "--model",
         s(&ws.base()),
         "--data",
         s(&ws.train_json()),
-        "--rank",
-        "4",
         "--val-set-size",
         "4",
         "--epochs",
@@ -80,8 +84,8 @@ fn ipa_and_lora_defaults_are_the_official_scripts() {
     assert_eq!(t["checkpoint_every"], 80);
     assert_eq!(t["valid_every"], 80);
     assert_eq!(settings["keep"], "best");
-    let fit = &settings["projectors"]["fit"];
-    assert_eq!(settings["projectors"]["source"], "pre_fit");
+    let fit = &settings["tuning"]["projectors"]["fit"];
+    assert_eq!(settings["tuning"]["projectors"]["source"], "pre_fit");
     assert_eq!(
         (fit["fraction"].as_f64(), fit["batch_size"].as_u64()),
         (Some(0.1), Some(64))
@@ -94,7 +98,7 @@ fn ipa_and_lora_defaults_are_the_official_scripts() {
     assert_eq!(config["adapter"]["scaling"]["alpha"]["alpha"], 8.0);
     assert_eq!(config["adapter"]["dropout"], 0.05);
     assert_eq!(config["adapter"]["train_projector"], true);
-    assert_eq!(config["settings"]["projectors"]["init"], "kaiming");
+    assert_eq!(config["settings"]["tuning"]["projectors"]["init"], "kaiming");
 }
 
 #[test]
@@ -355,4 +359,98 @@ fn eval_uses_four_beams_by_default() {
     )
     .unwrap();
     assert_eq!(first["output"], text);
+}
+
+#[test]
+fn weights_and_full_fine_tuning_train_only_what_they_say() {
+    let ws = Workspace::new("defaults-weights", 10, 2);
+    let base = tensors(&ws.base().join("model.safetensors"));
+    let run = |name: &str, extra: &[&str]| {
+        let out = ws.path(name);
+        let mut args = vec![
+            "--max-steps",
+            "3",
+            "--learning-rate",
+            "1e-3",
+            "--keep",
+            "last",
+            "--valid-every",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let stdout = train_without_rank(&ws, &out, &args);
+        assert!(stdout.contains("model of step 3"), "{stdout}");
+        out
+    };
+    // q and v only: their weights move, every other tensor is bit-identical.
+    let qv = run("qv", &["--method", "weights", "--targets", "q_proj,v_proj"]);
+    let trained = tensors(&qv.join("model/model.safetensors"));
+    assert_eq!(trained.len(), base.len());
+    for (name, values) in &trained {
+        let moved = values != &base[name];
+        let target = name.contains("q_proj") || name.contains("v_proj");
+        assert_eq!(moved, target, "{name}: moved {moved}");
+    }
+    let report = json(&qv.join("train_report.json"));
+    // 2 layers × (q 64×64 + v 32×64).
+    assert_eq!(report["trainable_params"], 2 * (64 * 64 + 32 * 64));
+    assert!(report["adapter"].is_null());
+    // The held-out loss falls (step 1 has a zero learning rate: the base model's loss).
+    let valid = |out: &Path| -> Vec<f64> {
+        std::fs::read_to_string(out.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(4).unwrap().parse().unwrap())
+            .collect()
+    };
+    let losses = valid(&qv);
+    assert!(losses[2] < losses[0], "{losses:?}");
+    // The result loads as a plain model and `ipa eval` takes it.
+    ipa_ok(&[
+        "eval",
+        "--model",
+        s(&qv.join("model")),
+        "--data-dir",
+        s(&ws.dataset()),
+        "--tasks",
+        "boolq",
+        "--num-beams",
+        "1",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        s(&ws.path("qv-eval")),
+        "--quiet",
+    ]);
+
+    // Full fine-tuning: every tensor moves (norms and embeddings included).
+    let full = run("full", &["--method", "full"]);
+    let trained = tensors(&full.join("model/model.safetensors"));
+    let unmoved: Vec<&String> = trained
+        .iter()
+        .filter(|(name, v)| **v == base[*name])
+        .map(|(n, _)| n)
+        .collect();
+    assert!(unmoved.is_empty(), "unchanged: {unmoved:?}");
+    let losses = valid(&full);
+    assert!(losses[2] < losses[0], "{losses:?}");
+    let total: usize = base.values().map(Vec::len).sum();
+    assert_eq!(json(&full.join("train_report.json"))["trainable_params"], total);
+
+    // Adapter settings mean nothing there: refused.
+    let out = ws.path("refused");
+    let run = ipa_run(&with_flags(
+        vec![
+            "train".into(),
+            "--model".into(),
+            s(&ws.base()).into(),
+            "--data".into(),
+            s(&ws.train_json()).into(),
+            "--out".into(),
+            s(&out).into(),
+        ],
+        &["--method", "full", "--rank", "8"],
+    ));
+    assert!(!run.success() && run.stderr.contains("--rank"), "{}", run.stderr);
 }

@@ -12,7 +12,7 @@ use burn_ipa::data::instruction::PromptStyle;
 use burn_ipa::fit::FitPassConfig;
 use burn_ipa::pipelines::instruct::{
     self, AdapterSpec, DataSpec, EvalRun, FitRun, Keep, ProjectorSource, RandomInit, RunControl,
-    TrainRun,
+    TrainRun, Tuning,
 };
 use burn_ipa::pipelines::online::{OnlineFit, WarmStart};
 use burn_ipa::pipelines::out_dir::Existing;
@@ -133,15 +133,30 @@ impl From<MethodArg> for AdapterMethod {
     }
 }
 
+/// What `ipa train` fine-tunes.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum TrainMethod {
+    /// IPA adapters: projectors fitted to the layers' inputs.
+    Ipa,
+    /// LoRA adapters: random projectors.
+    Lora,
+    /// The --targets linears' own weights, no adapter (the paper's "q, v" baseline with
+    /// --targets q_proj,v_proj); the result is a model folder.
+    Weights,
+    /// Every weight of the model (full fine-tuning); the result is a model folder.
+    Full,
+}
+
 /// Adapter settings.
 #[derive(Args, Debug, Clone)]
 pub struct AdapterArgs {
-    /// Adapter method: ipa (projector fitted to the layer's inputs) or lora (random).
+    /// What trains: ipa or lora adapters (projector fitted to the layer's inputs, or random),
+    /// or, without an adapter, the targets' own weights (weights) or every weight (full).
     #[arg(long, value_enum, default_value = "ipa")]
-    pub method: MethodArg,
-    /// Rank r (the paper's LLM runs: 32).
-    #[arg(long, default_value_t = 32)]
-    pub rank: usize,
+    pub method: TrainMethod,
+    /// Adapter rank r [default: 32, the paper's LLM runs].
+    #[arg(long)]
+    pub rank: Option<usize>,
     /// IPA: the update's plain scaling factor [default: 0.25, 0.4 for Gemma-3, as the
     /// official scripts].
     #[arg(long, allow_negative_numbers = true)]
@@ -170,10 +185,37 @@ pub struct AdapterArgs {
 }
 
 impl AdapterArgs {
-    fn spec(&self) -> AdapterSpec {
+    fn rank(&self) -> usize {
+        self.rank.unwrap_or(32)
+    }
+
+    /// An error naming the adapter settings given to a run without adapters.
+    fn refuse(&self, method: &str) -> Result<()> {
+        let given: Vec<&str> = [
+            (self.rank.is_some(), "--rank"),
+            (self.scaling.is_some(), "--scaling"),
+            (self.alpha.is_some(), "--alpha"),
+            (self.dropout.is_some(), "--dropout"),
+            (self.train_projector.is_some(), "--train-projector"),
+            (self.projector_init.is_some(), "--projector-init"),
+            (self.dora, "--dora"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if given.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "{} set an adapter, which --method {method} does not have",
+            given.join(", ")
+        )))
+    }
+
+    fn spec(&self, method: AdapterMethod) -> AdapterSpec {
         AdapterSpec {
-            method: self.method.into(),
-            rank: self.rank,
+            method,
+            rank: self.rank(),
             scaling: self.scaling,
             alpha: self.alpha,
             dropout: self.dropout,
@@ -375,7 +417,36 @@ impl TrainCmd {
     /// The run's settings.
     pub fn run_settings(&self) -> Result<TrainRun> {
         let seed = self.optim.seed;
-        let method: AdapterMethod = self.adapter.method.into();
+        let method = match self.adapter.method {
+            TrainMethod::Ipa => AdapterMethod::Ipa,
+            TrainMethod::Lora => AdapterMethod::Lora,
+            weights @ (TrainMethod::Weights | TrainMethod::Full) => {
+                let name = if weights == TrainMethod::Full {
+                    "full"
+                } else {
+                    "weights"
+                };
+                self.adapter.refuse(name)?;
+                self.fit.refuse(&format!("--method {name} has no projector"))?;
+                if self.projectors.is_some() || self.fit_mode == FitMode::Online {
+                    return Err(Error::Config(format!(
+                        "--projectors and --fit-mode online are for IPA adapters, which \
+                         --method {name} does not have"
+                    )));
+                }
+                return Ok(TrainRun {
+                    data: self.data.spec(),
+                    targets: self.adapter.targets.clone(),
+                    tuning: if weights == TrainMethod::Full {
+                        Tuning::Full
+                    } else {
+                        Tuning::Weights
+                    },
+                    train: self.optim.config(),
+                    keep: self.optim.keep,
+                });
+            }
+        };
         let online = self.fit_mode == FitMode::Online;
         if self.adapter.projector_init.is_some() && method != AdapterMethod::Lora {
             return Err(Error::Config(
@@ -435,14 +506,16 @@ impl TrainCmd {
                 },
             },
             (AdapterMethod::Ipa, None, false) => ProjectorSource::PreFit {
-                fit: self.fit.config(self.adapter.rank, seed),
+                fit: self.fit.config(self.adapter.rank(), seed),
             },
         };
         Ok(TrainRun {
             data: self.data.spec(),
             targets: self.adapter.targets.clone(),
-            adapter: self.adapter.spec(),
-            projectors,
+            tuning: Tuning::Adapters {
+                adapter: self.adapter.spec(method),
+                projectors,
+            },
             train: self.optim.config(),
             keep: self.optim.keep,
         })
@@ -463,19 +536,24 @@ impl TrainCmd {
             return Ok(exit_code(true));
         }
         println!(
-            "{} steps ({} this run), {:.0} tokens/s; last loss {}; adapter of step {}{} in {}",
+            "{} steps ({} this run), {:.0} tokens/s; last loss {}; {} of step {}{} in {}",
             report.steps,
             report.steps - report.resumed_from,
             report.tokens_per_second,
             report
                 .last_loss
                 .map_or("-".to_string(), |l| format!("{l:.4}")),
+            if report.adapter.is_some() {
+                "adapter"
+            } else {
+                "model"
+            },
             report.kept_step.map_or("-".to_string(), |s| s.to_string()),
             report
                 .kept_valid_loss
                 .map(|v| format!(" (validation loss {v:.4})"))
                 .unwrap_or_default(),
-            report.adapter_dir.display()
+            report.result_dir.display()
         );
         Ok(exit_code(false))
     }

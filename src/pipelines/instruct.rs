@@ -46,8 +46,8 @@ use crate::models::loading::load_decoder;
 use crate::models::tokenizer::Tokenizer;
 use crate::train::fingerprint::{data_identity, model_identity};
 use crate::train::{
-    epoch_order, finetune, latest_checkpoint, validation_loss, CausalLm, Monitor, RunOptions,
-    StepRecord, TrainConfig, Validation,
+    count_trainable, epoch_order, finetune, latest_checkpoint, validation_loss, CausalLm, Monitor,
+    RunOptions, StepRecord, TrainConfig, Trainable, Validation,
 };
 use crate::{Error, Result};
 
@@ -249,6 +249,25 @@ pub struct FitRun {
     pub fit: FitPassConfig,
 }
 
+/// What a training run fine-tunes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Tuning {
+    /// Low-rank adapters (LoRA, IPA, with DoRA or not) on the targets, the base frozen; the
+    /// result is an adapter folder.
+    Adapters {
+        /// The adapter.
+        adapter: AdapterSpec,
+        /// Where the projectors come from.
+        projectors: ProjectorSource,
+    },
+    /// The targets' own weights (in every layer), no adapter: the paper's "fine-tuning q and
+    /// v" baseline; the result is a model folder.
+    Weights,
+    /// Every weight of the model (full fine-tuning); the result is a model folder.
+    Full,
+}
+
 /// Settings of an `ipa train` run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TrainRun {
@@ -256,13 +275,11 @@ pub struct TrainRun {
     pub data: DataSpec,
     /// Target modules (HF names).
     pub targets: Vec<String>,
-    /// The adapter.
-    pub adapter: AdapterSpec,
-    /// Where the projectors come from.
-    pub projectors: ProjectorSource,
+    /// What trains.
+    pub tuning: Tuning,
     /// Optimisation; its seed also seeds the validation split, random projectors and fits.
     pub train: TrainConfig,
-    /// Which adapter ends up in `adapter/`.
+    /// Which result (adapter or model) ends up in the output folder.
     pub keep: Keep,
 }
 
@@ -326,8 +343,10 @@ pub const TRAIN_CONFIG_FILE: &str = "train_config.json";
 pub const TRAIN_REPORT_FILE: &str = "train_report.json";
 /// The resolved settings of `ipa eval`.
 pub const EVAL_CONFIG_FILE: &str = "eval_config.json";
-/// The adapter a training run leaves.
+/// The adapter a training run of adapters leaves.
 pub const ADAPTER_DIR: &str = "adapter";
+/// The model a training run of weights (or of every weight) leaves.
+pub const MODEL_DIR: &str = "model";
 /// The adapter of the best validation so far (inside `checkpoints/`).
 const BEST_DIR: &str = "best";
 const BEST_FILE: &str = "best.json";
@@ -535,9 +554,9 @@ pub fn fit<B: Backend>(
 /// What [`train`] did (also `train_report.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainReport {
-    /// The adapter every target got.
-    pub adapter: AdapterConfig,
-    /// Adapted linears.
+    /// The adapter every target got (`None` when weights trained without one).
+    pub adapter: Option<AdapterConfig>,
+    /// Adapted (or trained) linears; every parameter tensor for full fine-tuning.
     pub adapted: usize,
     /// Trainable parameters.
     pub trainable_params: usize,
@@ -563,8 +582,8 @@ pub struct TrainReport {
     pub kept_valid_loss: Option<f64>,
     /// Training tokens per second in this process.
     pub tokens_per_second: f64,
-    /// The folder of the kept adapter.
-    pub adapter_dir: PathBuf,
+    /// The folder of the kept result: `adapter/`, or `model/` when weights trained.
+    pub result_dir: PathBuf,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -608,6 +627,35 @@ fn save_adapter_dir<B: Backend>(
     std::fs::rename(&tmp, dir).map_err(|e| Error::file(dir, e))
 }
 
+/// Replaces the folder `dir` by a model checkpoint of `model`'s weights in the layout of
+/// `source` (atomically: written beside it, then renamed).
+fn save_model_dir<B: Backend>(
+    model: &Decoder<B>,
+    source: &Path,
+    dir: &Path,
+    extra: Option<(&str, &[u8])>,
+) -> Result<()> {
+    let parent = dir
+        .parent()
+        .ok_or_else(|| Error::file(dir, "has no parent folder"))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
+    }
+    crate::export::export_model(model, source, &tmp, crate::export::WeightDtype::Source)?;
+    if let Some((file, bytes)) = extra {
+        write_atomic(&tmp.join(file), bytes)?;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::file(dir, e))
+}
+
 fn copy_dir(from: &Path, to: &Path, skip: &[&str]) -> Result<()> {
     let parent = to
         .parent()
@@ -631,7 +679,7 @@ fn copy_dir(from: &Path, to: &Path, skip: &[&str]) -> Result<()> {
     std::fs::rename(&tmp, to).map_err(|e| Error::file(to, e))
 }
 
-/// Attaches IPA or LoRA adapters to `model` as `run.projectors` says (fitting first for
+/// Attaches IPA or LoRA adapters to `model` as `projectors` says (fitting first for
 /// [`ProjectorSource::PreFit`]); `resuming` skips fits and draws (the checkpoint holds every
 /// adapter tensor). Returns the adapted paths.
 #[allow(clippy::too_many_arguments)]
@@ -639,6 +687,7 @@ fn attach_for_run<B: Backend>(
     model: &mut Decoder<B>,
     run: &TrainRun,
     adapter: &AdapterConfig,
+    projectors: &ProjectorSource,
     data: &InstructData,
     out: &Path,
     resuming: bool,
@@ -649,7 +698,7 @@ fn attach_for_run<B: Backend>(
     if resuming {
         return model.attach_adapters(&run.targets, None, adapter, placeholder);
     }
-    match &run.projectors {
+    match projectors {
         ProjectorSource::Random { init } => {
             // A re-run draws the same projectors.
             B::seed(device, run.train.seed);
@@ -697,9 +746,18 @@ impl TrainRun {
     pub fn validate(&self) -> Result<()> {
         self.data.validate()?;
         self.train.validate()?;
+        let Tuning::Adapters {
+            adapter,
+            projectors,
+        } = &self.tuning
+        else {
+            if self.tuning == Tuning::Weights {
+                check_targets(&self.targets)?;
+            }
+            return Ok(());
+        };
         check_targets(&self.targets)?;
-        let method = self.adapter.method;
-        match (&self.projectors, method) {
+        match (projectors, adapter.method) {
             (ProjectorSource::Random { .. }, AdapterMethod::Ipa) => {
                 return Err(Error::Config(
                     "IPA's projectors are fitted: a random projector is LoRA (--method lora)"
@@ -721,10 +779,10 @@ impl TrainRun {
             }
             (ProjectorSource::PreFit { fit }, AdapterMethod::Ipa) => {
                 fit.validate()?;
-                if fit.rank != self.adapter.rank {
+                if fit.rank != adapter.rank {
                     return Err(Error::Config(format!(
                         "the fit's rank {} differs from the adapter's rank {}",
-                        fit.rank, self.adapter.rank
+                        fit.rank, adapter.rank
                     )));
                 }
             }
@@ -734,15 +792,28 @@ impl TrainRun {
         Ok(())
     }
 
+    /// The parameters that train.
+    pub fn trainable(&self) -> Trainable {
+        match self.tuning {
+            Tuning::Adapters { .. } => Trainable::Adapters,
+            Tuning::Weights => Trainable::Weights(self.targets.clone()),
+            Tuning::Full => Trainable::All,
+        }
+    }
+
     /// What identifies the run in its checkpoints: the settings (without `max_steps`, which
     /// only says where this process stops) and the content of what it reads.
-    fn fingerprint(&self, adapter: &AdapterConfig) -> Result<Value> {
+    fn fingerprint(&self, adapter: Option<&AdapterConfig>) -> Result<Value> {
         let mut settings = serde_json::to_value(self).expect("settings serialise");
         if let Some(train) = settings.get_mut("train").and_then(Value::as_object_mut) {
             train.remove("max_steps");
         }
         let mut inputs = inputs_identity(&self.data)?;
-        if let ProjectorSource::Saved { path } = &self.projectors {
+        if let Tuning::Adapters {
+            projectors: ProjectorSource::Saved { path },
+            ..
+        } = &self.tuning
+        {
             let file = if path.is_dir() {
                 path.join(PROJECTORS_FILE)
             } else {
@@ -768,8 +839,15 @@ pub fn train<B: Backend>(
     let device = devices
         .first()
         .ok_or_else(|| Error::Config("no device to train on".into()))?;
-    let online = match &run.projectors {
-        ProjectorSource::Online { fit } => Some(fit),
+    let (spec, projectors) = match &run.tuning {
+        Tuning::Adapters {
+            adapter,
+            projectors,
+        } => (Some(adapter), Some(projectors)),
+        _ => (None, None),
+    };
+    let online = match projectors {
+        Some(ProjectorSource::Online { fit }) => Some(fit),
         _ => None,
     };
     if online.is_some() && devices.len() > 1 {
@@ -781,9 +859,11 @@ pub fn train<B: Backend>(
     dir.prepare(control.existing(), "a training run", true)?;
 
     let mut model: Decoder<B> = load_decoder(&run.data.model, device)?;
-    let adapter = run.adapter.resolve(model.config.family)?;
+    let adapter = spec
+        .map(|a| a.resolve(model.config.family))
+        .transpose()?;
     let data = InstructData::load(&run.data, &model, run.train.seed)?;
-    let fingerprint = run.fingerprint(&adapter)?;
+    let fingerprint = run.fingerprint(adapter.as_ref())?;
     let resuming = control.existing() == Existing::Resume && latest_checkpoint(out)?.is_some();
     write_json(
         &out.join(TRAIN_CONFIG_FILE),
@@ -804,23 +884,37 @@ pub fn train<B: Backend>(
         );
     }
 
-    let adapted = attach_for_run(
-        &mut model, run, &adapter, &data, out, resuming, control, device,
-    )?;
-    let trainable_params: usize = model
-        .linears_mut()
-        .into_iter()
-        .map(|(_, l)| l.trainable_params())
-        .sum();
+    let trainable = run.trainable();
+    let adapted = match (&adapter, projectors) {
+        (Some(adapter), Some(projectors)) => attach_for_run(
+            &mut model, run, adapter, projectors, &data, out, resuming, control, device,
+        )?
+        .len(),
+        _ => match &trainable {
+            Trainable::All => burn_store::ModuleSnapshot::collect(&model, None, None, false).len(),
+            _ => model
+                .linears_mut()
+                .into_iter()
+                .filter(|(p, _)| run.targets.iter().any(|t| p.ends_with(&format!(".{t}"))))
+                .count(),
+        },
+    };
+    let trainable_params = count_trainable(&model, &trainable);
     let run_steps = run.train.run_steps(data.train.len());
     if control.monitor.shows_bars() {
+        let what = match (&adapter, &trainable) {
+            (Some(a), _) => format!(
+                "{adapted} {} adapters of rank {} on {}",
+                a.method,
+                a.rank,
+                run.targets.join(",")
+            ),
+            (None, Trainable::All) => "every weight".to_string(),
+            (None, _) => format!("the weights of {adapted} linears ({})", run.targets.join(",")),
+        };
         eprintln!(
-            "training {} {} adapters of rank {} on {} ({trainable_params} trainable \
-             parameters) over {} examples, {} held out, {run_steps} steps",
-            adapted.len(),
-            adapter.method,
-            adapter.rank,
-            run.targets.join(","),
+            "training {what} ({trainable_params} trainable parameters) over {} examples, {} \
+             held out, {run_steps} steps",
             data.train.len(),
             data.valid.len(),
         );
@@ -836,6 +930,19 @@ pub fn train<B: Backend>(
     let best_dir = out.join("checkpoints").join(BEST_DIR);
     let keep_best = run.keep == Keep::Best;
     let base_name = run.data.model.display().to_string();
+    // The result of a run: its adapter, or the model whose weights trained.
+    let save_result = |inner: &Decoder<B>, step: usize, dir: &Path, extra: Option<(&str, &[u8])>| {
+        match &adapter {
+            Some(adapter) => {
+                let metadata = BTreeMap::from([
+                    ("base_model".to_string(), base_name.clone()),
+                    ("step".to_string(), step.to_string()),
+                ]);
+                save_adapter_dir(inner, adapter, metadata, dir, extra)
+            }
+            None => save_model_dir(inner, &run.data.model, dir, extra),
+        }
+    };
     let mut validate = |m: &CausalLm<AB<B>>, step: usize| -> Result<f64> {
         let inner = m.decoder.valid();
         let loss = validation_loss(&inner, &data.valid, run.train.micro_batch_size, data.pad_id)?;
@@ -845,18 +952,7 @@ pub fn train<B: Backend>(
                 valid_loss: loss,
             };
             let bytes = serde_json::to_vec_pretty(&record).expect("record serialises");
-            let metadata = BTreeMap::from([
-                ("base_model".to_string(), base_name.clone()),
-                ("step".to_string(), step.to_string()),
-                ("valid_loss".to_string(), loss.to_string()),
-            ]);
-            save_adapter_dir(
-                &inner,
-                &adapter,
-                metadata,
-                &best_dir,
-                Some((BEST_FILE, &bytes)),
-            )?;
+            save_result(&inner, step, &best_dir, Some((BEST_FILE, &bytes)))?;
         }
         Ok(loss)
     };
@@ -889,6 +985,7 @@ pub fn train<B: Backend>(
             &options,
             data.pad_id,
             devices,
+            &trainable,
             valid,
         ),
     };
@@ -897,10 +994,14 @@ pub fn train<B: Backend>(
     let seconds = start.elapsed().as_secs_f64();
     let steps_here = outcome.history.len() - outcome.resumed_from;
     let per_step = data.train_tokens() as f64 / run.train.steps_per_epoch(data.train.len()) as f64;
-    let adapter_dir = out.join(ADAPTER_DIR);
+    let result_dir = out.join(if adapter.is_some() {
+        ADAPTER_DIR
+    } else {
+        MODEL_DIR
+    });
     let mut report = TrainReport {
         adapter: adapter.clone(),
-        adapted: adapted.len(),
+        adapted,
         trainable_params,
         train_examples: data.train.len(),
         valid_examples: data.valid.len(),
@@ -913,7 +1014,7 @@ pub fn train<B: Backend>(
         kept_step: None,
         kept_valid_loss: None,
         tokens_per_second: per_step * steps_here as f64 / seconds.max(1e-9),
-        adapter_dir: adapter_dir.clone(),
+        result_dir: result_dir.clone(),
     };
     if outcome.stopped_early {
         return Ok(report);
@@ -921,19 +1022,14 @@ pub fn train<B: Backend>(
     let best = keep_best.then(|| read_best(&best_dir)).flatten();
     match best {
         Some(best) => {
-            copy_dir(&best_dir, &adapter_dir, &[BEST_FILE])?;
+            copy_dir(&best_dir, &result_dir, &[BEST_FILE])?;
             report.kept_step = Some(best.step);
             report.kept_valid_loss = Some(best.valid_loss);
         }
         None => {
             let trained = outcome.model.decoder.valid();
-            let last = outcome.history.last();
-            let metadata = BTreeMap::from([
-                ("base_model".to_string(), base_name),
-                ("step".to_string(), report.steps.to_string()),
-            ]);
-            save_adapter_dir(&trained, &adapter, metadata, &adapter_dir, None)?;
-            report.kept_step = last.map(|r| r.step);
+            save_result(&trained, report.steps, &result_dir, None)?;
+            report.kept_step = outcome.history.last().map(|r| r.step);
             report.kept_valid_loss = last_valid(&outcome.history);
         }
     }

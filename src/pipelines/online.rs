@@ -411,7 +411,7 @@ pub fn finetune_online<B: AutodiffBackend>(
         }
     }
 
-    let model = trainable_lm::<B>(model);
+    let model = trainable_lm::<B>(model, &crate::train::Trainable::Adapters);
     let mut hook = |m: &mut CausalLm<B>, batch: &[&TokenizedExample], step: usize| {
         fitter.before_micro_batch(&mut m.decoder, batch, step)
     };

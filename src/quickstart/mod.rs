@@ -19,7 +19,7 @@ use crate::data::instruction::PromptStyle;
 use crate::fit::FitPassConfig;
 use crate::pipelines::instruct::{
     self, AdapterSpec, DataSpec, EvalRun, FitRun, Keep, ProjectorSource, RandomInit, RunControl,
-    TrainRun,
+    TrainRun, Tuning,
 };
 use crate::pipelines::out_dir::{Existing, OutDir};
 use crate::train::{Monitor, TrainConfig};
@@ -350,21 +350,26 @@ pub fn run_quickstart<B: Backend>(
         let run = TrainRun {
             data: data.clone(),
             targets: config.targets.clone(),
-            adapter: variant.adapter,
-            projectors: variant.source,
+            tuning: Tuning::Adapters {
+                adapter: variant.adapter,
+                projectors: variant.source,
+            },
             train: config.train.clone(),
             keep: Keep::Last,
         };
         let report = instruct::train::<B>(&run, &dir, &control, std::slice::from_ref(device))?;
         let eval = instruct::evaluate::<B>(
-            &eval_run(Some(report.adapter_dir.clone())),
+            &eval_run(Some(report.result_dir.clone())),
             &dir.join("eval"),
             &control,
             device,
         )?;
         results.push(VariantResult {
             name: variant.name.into(),
-            method: report.adapter.method.to_string(),
+            method: report
+                .adapter
+                .as_ref()
+                .map_or("none".to_string(), |a| a.method.to_string()),
             projector: variant.projector.into(),
             trainable_params: report.trainable_params,
             accuracy: eval.accuracy,

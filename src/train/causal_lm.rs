@@ -202,19 +202,84 @@ pub fn validation_loss<B: Backend>(
     Ok(sum / tokens.max(1) as f64)
 }
 
-/// The decoder on the autodiff backend with its adapters' parameters marked trainable (the
-/// frozen base and frozen projectors stay without gradients).
-pub fn trainable_lm<B: AutodiffBackend>(model: Decoder<B::InnerBackend>) -> CausalLm<B> {
+/// Which parameters of a decoder train.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trainable {
+    /// The adapters' (up-projections, DoRA magnitudes, projectors marked trainable); the base
+    /// stays frozen.
+    Adapters,
+    /// The weights and biases of the linears named (HF names such as `q_proj`), in every
+    /// layer: fine-tuning those weights themselves, without an adapter.
+    Weights(Vec<String>),
+    /// Every weight of the model (full fine-tuning).
+    All,
+}
+
+/// Marks every float parameter as requiring gradients.
+struct RequireGrad;
+
+impl<B: Backend> burn::module::ModuleMapper<B> for RequireGrad {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<B, D>>,
+    ) -> burn::module::Param<Tensor<B, D>> {
+        param.set_require_grad(true)
+    }
+}
+
+/// The decoder on the autodiff backend with the parameters `what` names marked trainable
+/// (everything else stays without gradients).
+pub fn trainable_lm<B: AutodiffBackend>(
+    model: Decoder<B::InnerBackend>,
+    what: &Trainable,
+) -> CausalLm<B> {
     let mut decoder = Decoder::<B>::from_inner(model);
     for (_, linear) in decoder.linears_mut() {
         linear.mark_trainable();
     }
+    match what {
+        Trainable::Adapters => {}
+        Trainable::Weights(targets) => {
+            for (path, linear) in decoder.linears_mut() {
+                let name = path.rsplit('.').next().unwrap_or_default();
+                if path.contains(".layers.") && targets.iter().any(|t| t == name) {
+                    linear.base.weight = linear.base.weight.clone().set_require_grad(true);
+                    linear.base.bias = linear.base.bias.take().map(|b| b.set_require_grad(true));
+                }
+            }
+        }
+        Trainable::All => decoder = decoder.map(&mut RequireGrad),
+    }
     CausalLm { decoder }
 }
 
+/// Trainable parameters of `model` under `what`.
+pub fn count_trainable<B: Backend>(model: &Decoder<B>, what: &Trainable) -> usize {
+    let mut model = model.clone();
+    match what {
+        Trainable::Adapters => model
+            .linears_mut()
+            .into_iter()
+            .map(|(_, l)| l.trainable_params())
+            .sum(),
+        Trainable::Weights(targets) => model
+            .linears_mut()
+            .into_iter()
+            .filter(|(path, _)| {
+                let name = path.rsplit('.').next().unwrap_or_default();
+                path.contains(".layers.") && targets.iter().any(|t| t == name)
+            })
+            .map(|(_, l)| {
+                l.d_input() * l.d_output() + l.base.bias.as_ref().map_or(0, |_| l.d_output())
+            })
+            .sum(),
+        Trainable::All => model.num_params(),
+    }
+}
+
 /// Fine-tunes the adapters of `model` (built on the inner backend, moved to autodiff here)
-/// on `examples` with the step loop ([`crate::train::train`]); `valid` (when given) computes
-/// the validation loss. With several `devices`, each step's micro-batches are spread over
+/// on `examples` with the step loop ([`crate::train::train`]), training the parameters `what`
+/// names; `valid` (when given) computes the validation loss. With several `devices`, each step's micro-batches are spread over
 /// them (see [`crate::train::train_on_devices`]); the model and optimizer live on the first.
 pub fn finetune<B: AutodiffBackend>(
     model: Decoder<B::InnerBackend>,
@@ -223,12 +288,13 @@ pub fn finetune<B: AutodiffBackend>(
     options: &crate::train::RunOptions,
     pad_id: u32,
     devices: &[B::Device],
+    what: &Trainable,
     valid: Option<&mut crate::train::Validation<'_, CausalLm<B>>>,
 ) -> Result<crate::train::TrainOutcome<CausalLm<B>>> {
     let device = devices
         .first()
         .ok_or_else(|| crate::Error::Config("no device to train on".into()))?;
-    let model = trainable_lm::<B>(model);
+    let model = trainable_lm::<B>(model, what);
     let batch = |batch: &[&TokenizedExample], device: &B::Device| {
         let owned: Vec<TokenizedExample> = batch.iter().map(|e| (*e).clone()).collect();
         lm_batch::<B>(&owned, pad_id, device)

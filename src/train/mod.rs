@@ -12,8 +12,8 @@ mod siglip_classification;
 pub mod trainer;
 
 pub use causal_lm::{
-    causal_lm_loss, finetune, lm_batch, trainable_lm, validation_loss, CausalLm, LmBatch,
-    LmBatcher, LmOutput,
+    causal_lm_loss, count_trainable, finetune, lm_batch, trainable_lm, validation_loss, CausalLm,
+    LmBatch, LmBatcher, LmOutput, Trainable,
 };
 pub use checkpoint::{latest_checkpoint, StepRecord};
 pub use metrics::StepOutput;
