@@ -27,6 +27,7 @@ pub mod models;
 pub mod pipelines;
 pub mod projector;
 pub mod quickstart;
+pub mod report;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -87,6 +87,13 @@ enum Command {
     /// loads as a LoRA (or DoRA) adapter: IPA is LoRA-shaped, P becomes lora_A and B lora_B,
     /// and the scaling is folded into lora_alpha.
     Export(cli::export::ExportCmd),
+    /// Tables and plots of finished runs: mean ± std over seeds per variant.
+    ///
+    /// Groups run folders by their settings but the seed and writes report.md (accuracy per
+    /// task and on average, trainable parameters, training time), report.json and PNG plots
+    /// (loss curves, accuracy against rank and fit fraction, and cos(P, P₀) per layer for the
+    /// runs whose projector trained).
+    Report(cli::report::ReportCmd),
     /// Build instruction tasks from WordNet's definitions and hypernyms (real, human-written
     /// data available offline).
     ///
@@ -183,6 +190,7 @@ fn run(cli: Cli) -> burn_ipa::Result<ExitCode> {
         Command::Export(cmd) => cmd.run(),
         Command::Params(cmd) => cmd.run(),
         Command::WordnetTasks(cmd) => cmd.run(),
+        Command::Report(cmd) => cmd.run(),
         Command::Bench {
             what:
                 BenchCommand::Forward {

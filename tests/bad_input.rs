@@ -94,8 +94,14 @@ fn online_fit_mode_fits_the_projectors_during_training() {
     assert!((row - 1.0).abs() < 1e-3, "projector row norm² {row}");
     assert!(b.iter().any(|&x| x != 0.0), "up-projection never trained");
     let config = json(&out.join("train_config.json"));
-    assert_eq!(config["settings"]["tuning"]["projectors"]["source"], "online");
-    assert_eq!(config["settings"]["tuning"]["projectors"]["fit"]["stop_after"], 3);
+    assert_eq!(
+        config["settings"]["tuning"]["projectors"]["source"],
+        "online"
+    );
+    assert_eq!(
+        config["settings"]["tuning"]["projectors"]["fit"]["stop_after"],
+        3
+    );
 
     let bad = ws.path("bad");
     ipa_err(

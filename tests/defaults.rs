@@ -98,7 +98,10 @@ fn ipa_and_lora_defaults_are_the_official_scripts() {
     assert_eq!(config["adapter"]["scaling"]["alpha"]["alpha"], 8.0);
     assert_eq!(config["adapter"]["dropout"], 0.05);
     assert_eq!(config["adapter"]["train_projector"], true);
-    assert_eq!(config["settings"]["tuning"]["projectors"]["init"], "kaiming");
+    assert_eq!(
+        config["settings"]["tuning"]["projectors"]["init"],
+        "kaiming"
+    );
 }
 
 #[test]
@@ -436,7 +439,10 @@ fn weights_and_full_fine_tuning_train_only_what_they_say() {
     let losses = valid(&full);
     assert!(losses[2] < losses[0], "{losses:?}");
     let total: usize = base.values().map(Vec::len).sum();
-    assert_eq!(json(&full.join("train_report.json"))["trainable_params"], total);
+    assert_eq!(
+        json(&full.join("train_report.json"))["trainable_params"],
+        total
+    );
 
     // Adapter settings mean nothing there: refused.
     let out = ws.path("refused");
@@ -452,5 +458,9 @@ fn weights_and_full_fine_tuning_train_only_what_they_say() {
         ],
         &["--method", "full", "--rank", "8"],
     ));
-    assert!(!run.success() && run.stderr.contains("--rank"), "{}", run.stderr);
+    assert!(
+        !run.success() && run.stderr.contains("--rank"),
+        "{}",
+        run.stderr
+    );
 }

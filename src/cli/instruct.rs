@@ -427,7 +427,8 @@ impl TrainCmd {
                     "weights"
                 };
                 self.adapter.refuse(name)?;
-                self.fit.refuse(&format!("--method {name} has no projector"))?;
+                self.fit
+                    .refuse(&format!("--method {name} has no projector"))?;
                 if self.projectors.is_some() || self.fit_mode == FitMode::Online {
                     return Err(Error::Config(format!(
                         "--projectors and --fit-mode online are for IPA adapters, which \

@@ -5,6 +5,7 @@ pub mod export;
 pub mod instruct;
 pub mod params;
 pub mod quickstart;
+pub mod report;
 pub mod vtab;
 pub mod wordnet;
 

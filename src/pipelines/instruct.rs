@@ -347,6 +347,8 @@ pub const EVAL_CONFIG_FILE: &str = "eval_config.json";
 pub const ADAPTER_DIR: &str = "adapter";
 /// The model a training run of weights (or of every weight) leaves.
 pub const MODEL_DIR: &str = "model";
+/// The adapter as it was before the first step.
+pub const INIT_ADAPTER_DIR: &str = "adapter_init";
 /// The adapter of the best validation so far (inside `checkpoints/`).
 const BEST_DIR: &str = "best";
 const BEST_FILE: &str = "best.json";
@@ -582,6 +584,9 @@ pub struct TrainReport {
     pub kept_valid_loss: Option<f64>,
     /// Training tokens per second in this process.
     pub tokens_per_second: f64,
+    /// Wall time of the training steps over the whole run (resumed parts included), seconds.
+    #[serde(default)]
+    pub train_seconds: f64,
     /// The folder of the kept result: `adapter/`, or `model/` when weights trained.
     pub result_dir: PathBuf,
 }
@@ -859,9 +864,7 @@ pub fn train<B: Backend>(
     dir.prepare(control.existing(), "a training run", true)?;
 
     let mut model: Decoder<B> = load_decoder(&run.data.model, device)?;
-    let adapter = spec
-        .map(|a| a.resolve(model.config.family))
-        .transpose()?;
+    let adapter = spec.map(|a| a.resolve(model.config.family)).transpose()?;
     let data = InstructData::load(&run.data, &model, run.train.seed)?;
     let fingerprint = run.fingerprint(adapter.as_ref())?;
     let resuming = control.existing() == Existing::Resume && latest_checkpoint(out)?.is_some();
@@ -899,6 +902,11 @@ pub fn train<B: Backend>(
                 .count(),
         },
     };
+    if let (Some(adapter), false) = (&adapter, resuming) {
+        // Where the adapter started, for measuring how far each part moved.
+        let metadata = BTreeMap::from([("step".to_string(), "0".to_string())]);
+        save_adapter_dir(&model, adapter, metadata, &out.join(INIT_ADAPTER_DIR), None)?;
+    }
     let trainable_params = count_trainable(&model, &trainable);
     let run_steps = run.train.run_steps(data.train.len());
     if control.monitor.shows_bars() {
@@ -910,7 +918,10 @@ pub fn train<B: Backend>(
                 run.targets.join(",")
             ),
             (None, Trainable::All) => "every weight".to_string(),
-            (None, _) => format!("the weights of {adapted} linears ({})", run.targets.join(",")),
+            (None, _) => format!(
+                "the weights of {adapted} linears ({})",
+                run.targets.join(",")
+            ),
         };
         eprintln!(
             "training {what} ({trainable_params} trainable parameters) over {} examples, {} \
@@ -931,7 +942,10 @@ pub fn train<B: Backend>(
     let keep_best = run.keep == Keep::Best;
     let base_name = run.data.model.display().to_string();
     // The result of a run: its adapter, or the model whose weights trained.
-    let save_result = |inner: &Decoder<B>, step: usize, dir: &Path, extra: Option<(&str, &[u8])>| {
+    let save_result = |inner: &Decoder<B>,
+                       step: usize,
+                       dir: &Path,
+                       extra: Option<(&str, &[u8])>| {
         match &adapter {
             Some(adapter) => {
                 let metadata = BTreeMap::from([
@@ -1014,6 +1028,7 @@ pub fn train<B: Backend>(
         kept_step: None,
         kept_valid_loss: None,
         tokens_per_second: per_step * steps_here as f64 / seconds.max(1e-9),
+        train_seconds: outcome.elapsed_seconds,
         result_dir: result_dir.clone(),
     };
     if outcome.stopped_early {

@@ -69,6 +69,9 @@ pub struct CheckpointState {
     pub fingerprint: serde_json::Value,
     /// Metrics of every step so far.
     pub history: Vec<StepRecord>,
+    /// Wall time spent in training steps up to this checkpoint, in seconds.
+    #[serde(default)]
+    pub elapsed_seconds: f64,
 }
 
 /// The checkpoint folder of a run's output directory.

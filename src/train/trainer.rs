@@ -175,6 +175,9 @@ pub struct TrainOutcome<M> {
     /// The run stopped before its last step (`stop_after`, or a stop request); the latest
     /// checkpoint holds where it stopped.
     pub stopped_early: bool,
+    /// Wall time spent in training steps over the whole run, resumed parts included (as
+    /// recorded in the checkpoints), in seconds.
+    pub elapsed_seconds: f64,
 }
 
 /// The order examples are seen in epoch `epoch`: a permutation seeded by the run's seed.
@@ -390,6 +393,7 @@ where
     let mut schedule = WarmupLinearDecay::new(config.learning_rate, config.warmup_steps, total);
     let mut history = Vec::new();
     let mut start = 0;
+    let mut elapsed_before = 0.0;
 
     if options.resume {
         let out = options.out_dir.as_deref().ok_or_else(|| {
@@ -414,6 +418,7 @@ where
             schedule = schedule.load_record::<B>(state.step);
             start = state.step;
             history = state.history;
+            elapsed_before = state.elapsed_seconds;
         }
     }
 
@@ -439,14 +444,16 @@ where
         schedule,
         &mut history,
         start,
+        elapsed_before,
     );
     monitor.end();
-    let (model, stopped_early) = result?;
+    let (model, stopped_early, elapsed_seconds) = result?;
     Ok(TrainOutcome {
         model,
         history,
         resumed_from: start,
         stopped_early,
+        elapsed_seconds,
     })
 }
 
@@ -466,12 +473,14 @@ fn steps_loop<B, M, I>(
     mut schedule: WarmupLinearDecay,
     history: &mut Vec<StepRecord>,
     start: usize,
-) -> Result<(M, bool)>
+    elapsed_before: f64,
+) -> Result<(M, bool, f64)>
 where
     B: AutodiffBackend,
     M: TrainStep + AutodiffModule<B> + ModuleSnapshot<B>,
     M::Output: StepOutput,
 {
+    let started = std::time::Instant::now();
     let device = &devices[0];
     let n = items.len();
     let run_steps = config.run_steps(n);
@@ -590,6 +599,7 @@ where
                     step,
                     fingerprint: options.fingerprint.clone(),
                     history: history.clone(),
+                    elapsed_seconds: elapsed_before + started.elapsed().as_secs_f64(),
                 };
                 save_checkpoint(out, &model, &optim, &state)?;
             }
@@ -599,10 +609,18 @@ where
             }
         }
         if stopping {
-            return Ok((model, true));
+            return Ok((
+                model,
+                true,
+                elapsed_before + started.elapsed().as_secs_f64(),
+            ));
         }
     }
-    Ok((model, false))
+    Ok((
+        model,
+        false,
+        elapsed_before + started.elapsed().as_secs_f64(),
+    ))
 }
 
 fn metrics_line(r: &StepRecord) -> String {
