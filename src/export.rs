@@ -634,23 +634,7 @@ fn write_checkpoint<B: Backend>(
             )));
         }
     }
-    let mut merged = model.clone();
-    let mut adapted = 0;
-    for (path, linear) in merged.linears_mut() {
-        if linear.adapter.is_some() {
-            if !linear.is_merged() {
-                linear
-                    .merge()
-                    .map_err(|e| Error::State(format!("{path}: {e}")))?;
-            }
-            adapted += 1;
-        }
-    }
-    if adapted == 0 && require_adapters {
-        return Err(Error::State(
-            "the model has no adapters to merge; the source checkpoint is already the model".into(),
-        ));
-    }
+    let merged = merged_copy(model, require_adapters)?;
 
     // The model's weights by burn path (adapter tensors left out: they are merged).
     let params: HashMap<String, burn_store::TensorSnapshot> = merged
@@ -795,6 +779,31 @@ fn write_checkpoint<B: Backend>(
     Ok(())
 }
 
+/// A copy of `model` with every adapter merged into its base weights; an error when it has
+/// no adapters.
+/// `model` with every adapter merged into its weights; an error when it has none and
+/// `require_adapters`.
+fn merged_copy<B: Backend>(model: &Decoder<B>, require_adapters: bool) -> Result<Decoder<B>> {
+    let mut merged = model.clone();
+    let mut adapted = 0;
+    for (path, linear) in merged.linears_mut() {
+        if linear.adapter.is_some() {
+            if !linear.is_merged() {
+                linear
+                    .merge()
+                    .map_err(|e| Error::State(format!("{path}: {e}")))?;
+            }
+            adapted += 1;
+        }
+    }
+    if adapted == 0 && require_adapters {
+        return Err(Error::State(
+            "the model has no adapters to merge; the source checkpoint is already the model".into(),
+        ));
+    }
+    Ok(merged)
+}
+
 /// Sets `dtype` / `torch_dtype` to float32 wherever a config (or its `text_config`) has them.
 fn set_f32_dtype(value: &mut Value) {
     if let Some(obj) = value.as_object_mut() {
@@ -847,4 +856,91 @@ fn encode(values: &[f32], dtype: StDtype) -> std::result::Result<Vec<u8>, String
             .collect(),
         other => return Err(format!("cannot write a float weight as {other:?}")),
     })
+}
+
+/// [`export_merged`] for a model loaded from a GGUF file (`--model file.gguf`): there are no
+/// source safetensors to mirror, so `out_dir` gets a new HF checkpoint — `model.safetensors`
+/// with every weight of the merged model in f32 (the dequantized base plus the merged
+/// update) under HF's names and layouts, `config.json` from the model's configuration,
+/// `generation_config.json`, and `tokenizer.json` / `tokenizer_config.json` (special tokens
+/// and chat template) from `tokenizer`. HF transformers and
+/// [`load_decoder`](crate::models::loading::load_decoder) load it as a plain model.
+pub fn export_merged_standalone<B: Backend>(
+    model: &Decoder<B>,
+    tokenizer: &crate::models::tokenizer::Tokenizer,
+    out_dir: &Path,
+) -> Result<()> {
+    let merged = merged_copy(model, true)?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for snap in merged.collect(None, None, false) {
+        let path = snap.full_path();
+        if path.contains(".adapter.") {
+            continue;
+        }
+        let name = path
+            .replace(".base.weight", ".weight")
+            .replace(".base.bias", ".bias");
+        let data = snap
+            .to_data()
+            .map_err(|e| Error::State(format!("reading `{path}`: {e:?}")))?
+            .convert::<f32>();
+        let mut shape = data.shape.to_vec();
+        let mut values = data
+            .to_vec::<f32>()
+            .map_err(|e| Error::State(format!("reading `{path}`: {e:?}")))?;
+        if path.ends_with(".base.weight") && shape.len() == 2 {
+            values = transpose(&values, shape[0], shape[1]);
+            shape.swap(0, 1);
+        }
+        tensors.push((name, shape, f32_bytes(&values)));
+    }
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(StDtype::F32, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::State(format!("tensor `{name}`: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let weights = safetensors::tensor::serialize(views, Some(pt_metadata(None)))
+        .map_err(|e| Error::State(format!("serialising the merged weights: {e}")))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::file(out_dir, e))?;
+    write_atomic(&out_dir.join("model.safetensors"), &weights)?;
+
+    let c = &model.config;
+    let json = |v: &Value| serde_json::to_vec_pretty(v).expect("JSON values serialise");
+    write_atomic(
+        &out_dir.join("config.json"),
+        &json(&c.to_hf_json("float32")),
+    )?;
+    let eos = match c.eos_token_ids.as_slice() {
+        [one] => json!(one),
+        many => json!(many),
+    };
+    write_atomic(
+        &out_dir.join("generation_config.json"),
+        &json(&json!({
+            "bos_token_id": c.bos_token_id,
+            "eos_token_id": eos,
+            "pad_token_id": c.pad_token_id,
+        })),
+    )?;
+    let text = tokenizer
+        .inner()
+        .to_string(false)
+        .map_err(|e| Error::State(format!("serialising the tokenizer: {e}")))?;
+    write_atomic(&out_dir.join("tokenizer.json"), text.as_bytes())?;
+    let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
+    let mut config = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": token(tokenizer.bos_token_id),
+        "eos_token": token(tokenizer.eos_token_id),
+        "pad_token": token(tokenizer.pad_token_id),
+        "model_max_length": c.max_position_embeddings,
+    });
+    if let Some(t) = &tokenizer.chat_template {
+        config["chat_template"] = json!(t);
+    }
+    write_atomic(&out_dir.join("tokenizer_config.json"), &json(&config))?;
+    Ok(())
 }

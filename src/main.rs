@@ -75,6 +75,11 @@ enum Command {
     /// every few epochs with the best adapter kept. Writes vtab_config.json, metrics.csv,
     /// eval.csv, report.json and best_adapter/ under --out.
     Vtab(cli::vtab::VtabCmd),
+    /// Generate text from a model folder or GGUF file, optionally with an adapter.
+    ///
+    /// Greedy decoding (streamed as it is produced) or beam search, with the model's chat
+    /// template under --chat; prints tokens/s at the end.
+    Generate(cli::generate::GenerateCmd),
     /// Fold an adapter into the base weights and write a full HF checkpoint.
     ///
     /// The output has the source's file names, shards, tensor names and dtypes (or all f32
@@ -186,6 +191,7 @@ fn run(cli: Cli) -> burn_ipa::Result<ExitCode> {
         Command::Train(cmd) => cmd.run(),
         Command::Eval(cmd) => cmd.run(),
         Command::Vtab(cmd) => cmd.run(),
+        Command::Generate(cmd) => cmd.run(),
         Command::Merge(cmd) => cmd.run(),
         Command::Export(cmd) => cmd.run(),
         Command::Params(cmd) => cmd.run(),

@@ -5,9 +5,14 @@ use std::process::ExitCode;
 
 use burn::tensor::backend::Backend;
 use burn_ipa::backend::BackendJob;
-use burn_ipa::export::{export_merged_with, export_peft_for, PeftLayout, WeightDtype};
+use burn_ipa::export::{
+    export_merged_standalone, export_merged_with, export_peft_for, PeftLayout, WeightDtype,
+};
+use burn_ipa::models::gguf::{repository_name, GgufFile};
 use burn_ipa::models::llama::Decoder;
 use burn_ipa::models::loading::load_decoder;
+use burn_ipa::models::source::ModelSource;
+use burn_ipa::models::tokenizer::Tokenizer;
 use burn_ipa::pipelines::instruct::attach_saved_adapter;
 use burn_ipa::pipelines::out_dir::OutDir;
 use burn_ipa::{Error, Result};
@@ -45,13 +50,15 @@ pub struct ExportCmd {
     /// Output format.
     #[arg(long, value_enum, default_value = "peft")]
     pub format: ExportFormat,
-    /// HF model folder the adapter was trained on.
+    /// HF model folder or GGUF file the adapter was trained on.
     #[arg(long)]
     pub model: PathBuf,
     /// Adapter folder written by `ipa train`.
     #[arg(long)]
     pub adapter: PathBuf,
-    /// `base_model_name_or_path` to record (default: the --model path).
+    /// `base_model_name_or_path` to record (default: the --model folder; for a GGUF file, the
+    /// repository name its metadata and file name give, e.g.
+    /// HuggingFaceTB/SmolLM2-135M-Instruct).
     #[arg(long)]
     pub base_model_name: Option<String>,
     #[command(flatten)]
@@ -80,12 +87,18 @@ impl BackendJob for ExportCmd {
         dir.prepare(self.out.existing(), "a peft adapter", false)?;
         let mut model: Decoder<B> = load_decoder(&self.model, &device)?;
         let adapter = attach_saved_adapter(&mut model, &self.adapter)?;
-        let name = self
-            .base_model_name
-            .clone()
-            .unwrap_or_else(|| self.model.display().to_string());
-        // A multimodal Gemma-3 checkpoint names its language model's modules differently.
-        let layout = PeftLayout::of_checkpoint(&self.model)?;
+        let (layout, default_name) = match ModelSource::of(&self.model)? {
+            // transformers builds the text-only *ForCausalLM class from a GGUF file.
+            ModelSource::Gguf(file) => (
+                PeftLayout::CausalLm,
+                repository_name(&GgufFile::open(&file)?),
+            ),
+            // A multimodal Gemma-3 checkpoint names its language model's modules differently.
+            ModelSource::Folder(dir) => {
+                (PeftLayout::of_checkpoint(&dir)?, dir.display().to_string())
+            }
+        };
+        let name = self.base_model_name.clone().unwrap_or(default_name);
         let ExportFormat::Peft = self.format;
         export_peft_for(&model, &adapter, &name, layout, &self.out.out)?;
         Ok((adapter.rank, adapter.scale() * adapter.rank as f64))
@@ -97,13 +110,13 @@ impl BackendJob for ExportCmd {
 pub struct MergeCmd {
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// HF model folder the adapter was trained on.
+    /// HF model folder or GGUF file the adapter was trained on.
     #[arg(long)]
     pub model: PathBuf,
     /// Adapter folder written by `ipa train` (or an HF peft adapter).
     #[arg(long)]
     pub adapter: PathBuf,
-    /// Write every weight in f32 instead of the source dtype.
+    /// Write every weight in f32 instead of the source dtype (from a GGUF file: always f32).
     #[arg(long)]
     pub f32: bool,
     /// Output folder (not the model folder); with --overwrite its old contents, shards and
@@ -131,11 +144,19 @@ impl BackendJob for MergeCmd {
         dir.prepare(self.out.existing(), "a merged checkpoint", false)?;
         let mut model: Decoder<B> = load_decoder(&self.model, &device)?;
         attach_saved_adapter(&mut model, &self.adapter)?;
-        let dtype = if self.f32 {
-            WeightDtype::F32
-        } else {
-            WeightDtype::Source
-        };
-        export_merged_with(&model, &self.model, &self.out.out, dtype)
+        match ModelSource::of(&self.model)? {
+            ModelSource::Gguf(_) => {
+                let tokenizer = Tokenizer::load(&self.model)?;
+                export_merged_standalone(&model, &tokenizer, &self.out.out)
+            }
+            ModelSource::Folder(dir) => {
+                let dtype = if self.f32 {
+                    WeightDtype::F32
+                } else {
+                    WeightDtype::Source
+                };
+                export_merged_with(&model, &dir, &self.out.out, dtype)
+            }
+        }
     }
 }

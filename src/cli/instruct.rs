@@ -28,7 +28,8 @@ pub const DEFAULT_TARGETS: &str = "q_proj,k_proj,v_proj,up_proj,down_proj";
 /// The model and data every instruction-tuning command reads.
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
-    /// HF model folder: config.json, model.safetensors (or shards), tokenizer.json.
+    /// HF model folder (config.json, model.safetensors or shards, tokenizer.json) or a GGUF
+    /// file.
     #[arg(long)]
     pub model: PathBuf,
     /// Training data: a JSON array of {instruction, input, output} (commonsense-170k format).
@@ -627,7 +628,7 @@ impl BackendJob for TrainCmd {
 pub struct EvalCmd {
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// HF model folder.
+    /// HF model folder or GGUF file.
     #[arg(long)]
     pub model: PathBuf,
     /// Adapter folder: `ipa train`'s <out>/adapter, or an HF peft LoRA/DoRA adapter (none:

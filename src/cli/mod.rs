@@ -2,6 +2,7 @@
 //! library pipeline and print; they hold no logic of their own.
 
 pub mod export;
+pub mod generate;
 pub mod instruct;
 pub mod params;
 pub mod quickstart;

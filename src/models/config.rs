@@ -341,6 +341,83 @@ impl DecoderConfig {
         })
     }
 
+    /// The HF `config.json` of this decoder (the text-only `*ForCausalLM` classes:
+    /// `LlamaForCausalLM`, `Qwen2ForCausalLM`, `Gemma3ForCausalLM` with `model_type`
+    /// `gemma3_text`), with weights declared as `dtype`. [`DecoderConfig::from_json`] reads it
+    /// back to `self`.
+    pub fn to_hf_json(&self, dtype: &str) -> Value {
+        use serde_json::json;
+        let (architecture, model_type, act) = match self.family {
+            DecoderFamily::Llama => ("LlamaForCausalLM", "llama", "silu"),
+            DecoderFamily::Qwen2 => ("Qwen2ForCausalLM", "qwen2", "silu"),
+            DecoderFamily::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text", "gelu_pytorch_tanh"),
+        };
+        let scaling = |r: &RopeConfig| match &r.scaling {
+            None => Value::Null,
+            Some(s) => serde_json::to_value(s).expect("rope scaling serialises"),
+        };
+        let eos = match self.eos_token_ids.as_slice() {
+            [] => Value::Null,
+            [one] => json!(one),
+            many => json!(many),
+        };
+        let mut c = json!({
+            "architectures": [architecture],
+            "model_type": model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope.theta,
+            "rope_scaling": scaling(&self.rope),
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": dtype,
+        });
+        let obj = c.as_object_mut().expect("an object");
+        match self.family {
+            DecoderFamily::Gemma3 => {
+                let local = self.local_rope.as_ref().unwrap_or(&self.rope);
+                obj.insert("hidden_activation".into(), json!(act));
+                obj.insert("rope_local_base_freq".into(), json!(local.theta));
+                obj.insert("sliding_window".into(), json!(self.sliding_window));
+                obj.insert(
+                    "query_pre_attn_scalar".into(),
+                    json!(self.query_pre_attn_scalar),
+                );
+                let kinds: Vec<&str> = self
+                    .layer_types
+                    .iter()
+                    .map(|k| match k {
+                        LayerKind::Full => "full_attention",
+                        LayerKind::Sliding => "sliding_attention",
+                    })
+                    .collect();
+                obj.insert("layer_types".into(), json!(kinds));
+                obj.insert("final_logit_softcapping".into(), Value::Null);
+                obj.insert("attn_logit_softcapping".into(), Value::Null);
+                obj.insert("attention_bias".into(), json!(self.attention_bias));
+            }
+            DecoderFamily::Qwen2 => {
+                obj.insert("hidden_act".into(), json!(act));
+                obj.insert("use_sliding_window".into(), json!(false));
+            }
+            DecoderFamily::Llama => {
+                obj.insert("hidden_act".into(), json!(act));
+                obj.insert("attention_bias".into(), json!(self.attention_bias));
+                obj.insert("mlp_bias".into(), json!(false));
+            }
+        }
+        c
+    }
+
     /// Attention scale applied to `q·k`.
     pub fn attention_scale(&self) -> f64 {
         match self.query_pre_attn_scalar {

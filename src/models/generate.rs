@@ -53,6 +53,18 @@ pub fn generate<B: Backend>(
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
 ) -> Result<Vec<Vec<u32>>> {
+    generate_streaming(model, prompts, config, &mut |_, _| {})
+}
+
+/// [`generate`], handing tokens to `on_tokens(prompt index, tokens)` as they are decided:
+/// with greedy decoding, each new token as soon as it is chosen; with beam search, the
+/// winning continuation once the search ends (beams change until then). EOS is not passed.
+pub fn generate_streaming<B: Backend>(
+    model: &Decoder<B>,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    on_tokens: &mut dyn FnMut(usize, &[u32]),
+) -> Result<Vec<Vec<u32>>> {
     if prompts.iter().any(|p| p.is_empty()) {
         return Err(Error::Config("cannot generate from an empty prompt".into()));
     }
@@ -60,11 +72,16 @@ pub fn generate<B: Backend>(
         return Err(Error::Config("num_beams must be at least 1".into()));
     }
     if config.num_beams == 1 {
-        greedy(model, prompts, config)
+        greedy(model, prompts, config, on_tokens)
     } else {
         prompts
             .iter()
-            .map(|p| beam_search(model, p, config))
+            .enumerate()
+            .map(|(i, p)| {
+                let out = beam_search(model, p, config)?;
+                on_tokens(i, &out);
+                Ok(out)
+            })
             .collect()
     }
 }
@@ -99,6 +116,7 @@ fn greedy<B: Backend>(
     model: &Decoder<B>,
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
+    on_tokens: &mut dyn FnMut(usize, &[u32]),
 ) -> Result<Vec<Vec<u32>>> {
     let device = model.model.embed_tokens.weight.device();
     let rows = prompts.len();
@@ -131,6 +149,7 @@ fn greedy<B: Backend>(
                 done[r] = true;
             } else {
                 out[r].push(token);
+                on_tokens(r, &[token]);
             }
             step.push(token);
         }

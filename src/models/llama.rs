@@ -401,8 +401,13 @@ impl<B: Backend> Decoder<B> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
-                let w = self.model.embed_tokens.weight.val().transpose();
-                hidden.matmul(w.unsqueeze())
+                // Tied head: the embedding matrix [vocab, d] multiplies from the left, in its
+                // stored layout; `hidden · wᵀ` would copy the transposed matrix on each call.
+                let [b, s, d] = hidden.shape().dims();
+                let w = self.model.embed_tokens.weight.val();
+                let vocab = w.shape().dims::<2>()[0];
+                let h = hidden.reshape([b * s, d]).transpose();
+                w.matmul(h).transpose().reshape([b, s, vocab])
             }
         }
     }

@@ -1,7 +1,8 @@
 //! Loading HF checkpoints: `config.json` plus `model.safetensors` or a sharded
-//! `model.safetensors.index.json`, in f32, f16 or bf16, through burn-store.
+//! `model.safetensors.index.json`, in f32, f16 or bf16, through burn-store; or a GGUF file
+//! (see [`super::gguf`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -14,12 +15,13 @@ use burn_store::{
 
 use super::config::DecoderConfig;
 use super::llama::Decoder;
+use super::source::ModelSource;
 use crate::{Error, Result};
 
 /// Converts every float tensor to the model's float type while loading (bf16 checkpoints into
 /// an f32 model, say); the conversion happens on the host, tensor by tensor.
 #[derive(Clone, Debug)]
-struct CastTo(DType);
+pub(crate) struct CastTo(pub(crate) DType);
 
 impl ModuleAdapter for CastTo {
     fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
@@ -116,26 +118,11 @@ pub fn load_weights<B: Backend, M: ModuleSnapshot<B>>(
     remapper: KeyRemapper,
     dtype: DType,
 ) -> Result<()> {
-    // Every parameter's shape in the file's layout: burn's Linear stores `[in, out]`, the
-    // checkpoints `[out, in]`.
-    let expected: BTreeMap<String, Vec<usize>> = model
-        .collect(None, None, false)
-        .into_iter()
-        .map(|s| {
-            let mut shape = s.shape.to_vec();
-            let in_linear = s
-                .container_stack
-                .as_ref()
-                .and_then(|c| c.last())
-                .is_some_and(|c| c == "Struct:Linear");
-            if in_linear && shape.len() == 2 && s.full_path().ends_with("weight") {
-                shape.reverse();
-            }
-            (s.full_path(), shape)
-        })
-        .collect();
+    let expected = lazy_file_shapes(model);
     let mut applied = BTreeSet::new();
     for file in files {
+        // Names, dtypes and shapes are checked from the header before anything is decoded,
+        // with shapes in the file's own layout.
         let header = safetensors_header(file)?;
         for (original, entry) in header.iter().filter(|(k, _)| !ignored_key(k)) {
             let bad = |message: String| Error::Tensor {
@@ -183,6 +170,51 @@ pub fn load_weights<B: Backend, M: ModuleSnapshot<B>>(
         });
     }
     Ok(())
+}
+
+/// Every float parameter's path and shape in a checkpoint's layout (burn's `Linear` stores
+/// `[in, out]`, checkpoints `[out, in]`), read without initialising lazy parameters: a
+/// freshly built model would otherwise draw every weight at random only to overwrite it.
+pub fn lazy_file_shapes<B: Backend, M: ModuleSnapshot<B>>(model: &M) -> BTreeMap<String, Vec<usize>> {
+    struct Shapes {
+        path: Vec<String>,
+        containers: Vec<String>,
+        out: BTreeMap<String, Vec<usize>>,
+    }
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Shapes {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.containers.push(container_type.to_string());
+            // Enum variants are not part of paths (as burn-store's collector builds them).
+            if !container_type.starts_with("Enum:") {
+                self.path.push(name.to_string());
+            }
+        }
+        fn exit_module(&mut self, _name: &str, container_type: &str) {
+            self.containers.pop();
+            if !container_type.starts_with("Enum:") {
+                self.path.pop();
+            }
+        }
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
+        ) {
+            let mut shape = param.lazy_shape().dims.to_vec();
+            let in_linear = self.containers.last().is_some_and(|c| c == "Struct:Linear");
+            let name = self.path.last().map(String::as_str).unwrap_or_default();
+            if in_linear && shape.len() == 2 && name == "weight" {
+                shape.reverse();
+            }
+            self.out.insert(self.path.join("."), shape);
+        }
+    }
+    let mut visitor = Shapes {
+        path: Vec::new(),
+        containers: Vec::new(),
+        out: BTreeMap::new(),
+    };
+    model.visit(&mut visitor);
+    visitor.out
 }
 
 /// One tensor's entry in a safetensors header.
@@ -291,7 +323,7 @@ pub fn safetensors_keys(file: &Path) -> Result<Vec<String>> {
 /// Float dtypes a checkpoint tensor may have.
 const FLOAT_DTYPES: [&str; 4] = ["F32", "F16", "BF16", "F64"];
 
-fn remap_one(remapper: &KeyRemapper, key: &str) -> String {
+pub(crate) fn remap_one(remapper: &KeyRemapper, key: &str) -> String {
     let mut out = key.to_string();
     for (re, to) in remapper.to_regex_pairs() {
         out = re.replace(&out, to.as_str()).into_owned();
@@ -299,9 +331,14 @@ fn remap_one(remapper: &KeyRemapper, key: &str) -> String {
     out
 }
 
-/// Loads a decoder (Llama-2/3, Qwen-2.5, Gemma-3 text) from an HF model directory into the
-/// device's default float type.
-pub fn load_decoder<B: Backend>(dir: &Path, device: &B::Device) -> Result<Decoder<B>> {
+/// Loads a decoder (Llama-2/3, Qwen-2.5, Gemma-3 text) from an HF model directory or a GGUF
+/// file into the device's default float type.
+pub fn load_decoder<B: Backend>(path: &Path, device: &B::Device) -> Result<Decoder<B>> {
+    let dir = match ModelSource::of(path)? {
+        ModelSource::Gguf(file) => return super::gguf::load_decoder_gguf(&file, device),
+        ModelSource::Folder(dir) => dir,
+    };
+    let dir = dir.as_path();
     let config = DecoderConfig::from_file(&dir.join("config.json"))?;
     let files = weight_files(dir)?;
     let mut model = Decoder::<B>::init(&config, device);

@@ -191,8 +191,9 @@ pub const PRESETS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Reads `--model`: a bundled preset name, a model directory holding `config.json`, or the
-/// path of a `config.json`. Returns the parsed JSON and the name to use in errors.
+/// Reads `--model`: a bundled preset name, a model directory holding `config.json`, the
+/// path of a `config.json`, or a GGUF file (its config as `config.json` would have it).
+/// Returns the parsed JSON and the name to use in errors.
 pub fn read_model_config(model: &str) -> Result<(Value, PathBuf)> {
     if let Some((name, text)) = PRESETS.iter().find(|(name, _)| *name == model) {
         let label = PathBuf::from(format!("models/presets/{name}/config.json"));
@@ -200,6 +201,11 @@ pub fn read_model_config(model: &str) -> Result<(Value, PathBuf)> {
         return Ok((value, label));
     }
     let path = PathBuf::from(model);
+    if path.is_file() && super::gguf::is_gguf(&path) {
+        let gguf = super::gguf::GgufFile::open(&path)?;
+        let config = super::gguf::decoder_config(&gguf)?;
+        return Ok((config.to_hf_json("float32"), path));
+    }
     let file = if path.is_dir() {
         path.join("config.json")
     } else {
@@ -207,7 +213,8 @@ pub fn read_model_config(model: &str) -> Result<(Value, PathBuf)> {
     };
     if !file.is_file() {
         return Err(Error::Config(format!(
-            "`{model}` is neither a preset ({}) nor a model directory with config.json",
+            "`{model}` is neither a preset ({}) nor a model directory with config.json nor a \
+             GGUF file",
             PRESETS
                 .iter()
                 .map(|(n, _)| *n)

@@ -411,7 +411,7 @@ impl InstructData {
     /// so an error names the file's example index) and holds out the validation examples.
     pub fn load<B: Backend>(spec: &DataSpec, model: &Decoder<B>, seed: u64) -> Result<Self> {
         spec.validate()?;
-        let tokenizer = Tokenizer::from_dir(&spec.model)?;
+        let tokenizer = Tokenizer::load(&spec.model)?;
         let examples = load_examples(&spec.data, false)?;
         let tokenized = tokenize_all(
             &tokenizer,
@@ -1160,7 +1160,7 @@ pub fn evaluate<B: Backend>(
     run.validate()?;
     let dir = OutDir::lock(out, "ipa eval")?;
     dir.prepare(control.existing(), "an evaluation", false)?;
-    let tokenizer = Tokenizer::from_dir(&run.model)?;
+    let tokenizer = Tokenizer::load(&run.model)?;
     let mut model: Decoder<B> = load_decoder(&run.model, device)?;
     if let Some(adapter) = &run.adapter {
         attach_saved_adapter(&mut model, adapter)?;

@@ -2,6 +2,8 @@
 //! `--features test-wgpu` or `--features test-cuda` to run the same bodies on a GPU.
 #![allow(dead_code)]
 
+pub mod gguf_writer;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
