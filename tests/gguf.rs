@@ -681,6 +681,19 @@ fn fit_train_and_eval_from_a_gguf_file() {
     let projectors = tensors(&fit.join("projectors.safetensors"));
     assert!(!projectors.is_empty());
     assert!(projectors.values().all(|p| p.iter().any(|v| *v != 0.0)));
+    // Each site's explained variance per component is in the file's metadata, largest first.
+    let bytes = std::fs::read(fit.join("projectors.safetensors")).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    for site in projectors.keys() {
+        let values: Vec<f64> =
+            serde_json::from_str(&meta[&format!("{site}.explained_variance")]).unwrap();
+        assert_eq!(values.len(), 2, "{site}");
+        assert!(
+            values[0] >= values[1] && values[1] > 0.0,
+            "{site}: {values:?}"
+        );
+    }
 
     let run = ws.path("run");
     let train = |extra: &[&str]| {

@@ -40,7 +40,8 @@ fn parse_site(name: &str) -> Option<Site> {
 }
 
 /// Saves fitted projectors (`P`, `[r, d]` per site, f32) to `dir/projectors.safetensors`,
-/// with the explained-variance ratio of each in the file's metadata.
+/// with each one's explained-variance ratio, explained variance per component (a JSON list)
+/// and sample count in the file's metadata.
 pub fn save_projectors<B: Backend>(
     fitted: &BTreeMap<Site, FittedProjector<B>>,
     dir: &std::path::Path,
@@ -60,6 +61,11 @@ pub fn save_projectors<B: Backend>(
         meta.insert(
             format!("{}.explained_variance_ratio", site_name(site)),
             format!("{ratio:.6}"),
+        );
+        // Per component, for users who truncate or weigh the projector later.
+        meta.insert(
+            format!("{}.explained_variance", site_name(site)),
+            serde_json::to_string(&f.explained_variance).unwrap_or_default(),
         );
         meta.insert(
             format!("{}.n_samples", site_name(site)),

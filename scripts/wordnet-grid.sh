@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The paper's comparisons on a real model and real data: IPA vs LoRA vs DoRA on
+# SmolLM2-135M-Instruct, fine-tuned on WordNet questions (ipa wordnet-tasks), with the
+# ablations of the paper's §4.3 and the two baselines, then `ipa report`.
+#
+#   scripts/wordnet-grid.sh [main|ablations|baselines|report|all]   (default: all)
+#
+# Every run is resumable: stop it at any time and start the script again; finished runs are
+# skipped (their eval/accuracy.json exists), unfinished ones continue from their checkpoint.
+# Sizes come from the environment (defaults sized for a few CPU cores):
+#   RUNS (runs/wordnet-grid), IPA (the ipa binary; default target/release/ipa),
+#   SEEDS ("0 1 2"), RANK (8), TRAIN_PER_TASK (400), TEST_PER_TASK (100), EPOCHS (1),
+#   BATCH (8), MICRO (4), CUTOFF (192), BEAMS (1), BACKEND (ndarray).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS="${RUNS:-runs/wordnet-grid}"
+IPA="${IPA:-target/release/ipa}"
+SEEDS="${SEEDS:-0 1 2}"
+RANK="${RANK:-8}"
+TRAIN_PER_TASK="${TRAIN_PER_TASK:-400}"
+TEST_PER_TASK="${TEST_PER_TASK:-100}"
+EPOCHS="${EPOCHS:-1}"
+BATCH="${BATCH:-8}"
+MICRO="${MICRO:-4}"
+CUTOFF="${CUTOFF:-192}"
+BEAMS="${BEAMS:-1}"
+BACKEND="${BACKEND:-ndarray}"
+TARGETS="q_proj,k_proj,v_proj,up_proj,down_proj"
+WHAT="${1:-all}"
+
+if [ ! -x "$IPA" ]; then
+    echo "wordnet-grid: $IPA is not built (cargo build --release, or set IPA=...)" >&2
+    exit 1
+fi
+MODEL="$(bash scripts/fetch-models.sh smollm2 | tail -n 1)"
+DATA="$RUNS/data"
+mkdir -p "$RUNS"
+
+# The task set: the same words and questions for every run.
+if [ ! -f "$DATA/train.json" ]; then
+    "$IPA" wordnet-tasks --seed 0 --train-per-task "$TRAIN_PER_TASK" \
+        --test-per-task "$TEST_PER_TASK" --out "$DATA"
+fi
+
+# evaluate MODEL RUN_DIR [ADAPTER]: the test sets into RUN_DIR/eval.
+evaluate() {
+    local model="$1" out="$2/eval"
+    [ -f "$out/accuracy.json" ] && return 0
+    local adapter=()
+    [ -n "${3:-}" ] && adapter=(--adapter "$3")
+    "$IPA" eval --backend "$BACKEND" --model "$model" "${adapter[@]}" --data-dir "$DATA/dataset" \
+        --num-beams "$BEAMS" --max-new-tokens 16 --out "$out" --overwrite --quiet
+}
+
+# run NAME SEED FLAGS...: train (resuming) then evaluate into RUNS/NAME/seed-SEED.
+run() {
+    local name="$1" seed="$2"
+    shift 2
+    local out="$RUNS/$name/seed-$seed"
+    if [ -f "$out/eval/accuracy.json" ]; then
+        echo "== $name seed $seed: done"
+        return 0
+    fi
+    echo "== $name seed $seed"
+    local resume=()
+    [ -f "$out/train_config.json" ] && resume=(--resume)
+    "$IPA" train --backend "$BACKEND" --model "$MODEL" --data "$DATA/train.json" \
+        --cutoff "$CUTOFF" --epochs "$EPOCHS" --batch-size "$BATCH" --micro-batch-size "$MICRO" \
+        --seed "$seed" --out "$out" "${resume[@]}" --quiet "$@"
+    if [ -d "$out/model" ]; then
+        # Full or q/v fine-tuning: the result is a model folder.
+        evaluate "$out/model" "$out"
+    else
+        evaluate "$MODEL" "$out" "$out/adapter"
+    fi
+}
+
+main() {
+    mkdir -p "$RUNS/zero-shot"
+    echo "== zero-shot"
+    evaluate "$MODEL" "$RUNS/zero-shot"
+    for seed in $SEEDS; do
+        run lora "$seed" --method lora --rank "$RANK" --targets "$TARGETS"
+        run lora-frozen "$seed" --method lora --train-projector false --rank "$RANK" --targets "$TARGETS"
+        run ipa "$seed" --method ipa --rank "$RANK" --targets "$TARGETS"
+        run ipa-trained "$seed" --method ipa --train-projector --rank "$RANK" --targets "$TARGETS"
+        run dora "$seed" --method lora --dora --rank "$RANK" --targets "$TARGETS"
+        run ipa-dora "$seed" --method ipa --dora --rank "$RANK" --targets "$TARGETS"
+    done
+}
+
+ablations() {
+    local seed
+    seed="$(echo "$SEEDS" | cut -d' ' -f1)"
+    # Figure 4a: rank sweep, IPA frozen vs LoRA frozen (equal trainable parameters).
+    for r in 2 4 16 32; do
+        run "rank/ipa-r$r" "$seed" --method ipa --rank "$r" --targets "$TARGETS"
+        run "rank/lora-frozen-r$r" "$seed" --method lora --train-projector false --rank "$r" \
+            --targets "$TARGETS"
+    done
+    # Figure 4b: the share of the training data the fit reads.
+    for f in 0.01 1.0; do
+        run "fit-fraction/ipa-f$f" "$seed" --method ipa --rank "$RANK" --fit-fraction "$f" \
+            --targets "$TARGETS"
+    done
+    # Table 3: the fit algorithm.
+    for a in rsvd gha covariance; do
+        run "algorithm/ipa-$a" "$seed" --method ipa --rank "$RANK" --algorithm "$a" \
+            --targets "$TARGETS"
+    done
+}
+
+baselines() {
+    local seed
+    seed="$(echo "$SEEDS" | cut -d' ' -f1)"
+    run weights-qv "$seed" --method weights --targets q_proj,v_proj --learning-rate 1e-5
+    run full "$seed" --method full --learning-rate 1e-5
+}
+
+report() {
+    "$IPA" report "$RUNS" --out "$RUNS/report"
+    echo "report: $RUNS/report/report.md"
+}
+
+case "$WHAT" in
+    main) main ;;
+    ablations) ablations ;;
+    baselines) baselines ;;
+    report) report ;;
+    all) main; ablations; baselines; report ;;
+    *) echo "usage: $0 [main|ablations|baselines|report|all]" >&2; exit 2 ;;
+esac
