@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use burn_ipa::backend::BackendJob;
-use burn_ipa::pipelines::instruct::attach_saved_adapter;
 use burn_ipa::models::chat::{render_chat, ChatMessage};
 use burn_ipa::models::generate::{generate_streaming, GenerationConfig};
 use burn_ipa::models::llama::Decoder;
 use burn_ipa::models::loading::load_decoder;
 use burn_ipa::models::tokenizer::Tokenizer;
+use burn_ipa::pipelines::instruct::attach_saved_adapter;
 use burn_ipa::{Error, Result};
 use clap::Args;
 

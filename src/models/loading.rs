@@ -2,7 +2,7 @@
 //! `model.safetensors.index.json`, in f32, f16 or bf16, through burn-store; or a GGUF file
 //! (see [`super::gguf`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -175,7 +175,9 @@ pub fn load_weights<B: Backend, M: ModuleSnapshot<B>>(
 /// Every float parameter's path and shape in a checkpoint's layout (burn's `Linear` stores
 /// `[in, out]`, checkpoints `[out, in]`), read without initialising lazy parameters: a
 /// freshly built model would otherwise draw every weight at random only to overwrite it.
-pub fn lazy_file_shapes<B: Backend, M: ModuleSnapshot<B>>(model: &M) -> BTreeMap<String, Vec<usize>> {
+pub fn lazy_file_shapes<B: Backend, M: ModuleSnapshot<B>>(
+    model: &M,
+) -> BTreeMap<String, Vec<usize>> {
     struct Shapes {
         path: Vec<String>,
         containers: Vec<String>,
@@ -199,7 +201,7 @@ pub fn lazy_file_shapes<B: Backend, M: ModuleSnapshot<B>>(model: &M) -> BTreeMap
             &mut self,
             param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
         ) {
-            let mut shape = param.lazy_shape().dims.to_vec();
+            let mut shape = param.lazy_shape().to_vec();
             let in_linear = self.containers.last().is_some_and(|c| c == "Struct:Linear");
             let name = self.path.last().map(String::as_str).unwrap_or_default();
             if in_linear && shape.len() == 2 && name == "weight" {
