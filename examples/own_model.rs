@@ -20,7 +20,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::relu;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::{AutodiffBackend, Backend, BackendTypes};
 use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData};
 use burn::train::metric::ItemLazy;
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
@@ -31,6 +31,7 @@ use burn_ipa::train::{StepOutput, TrainConfig};
 
 type B = NdArray<f32>;
 type AB = Autodiff<B>;
+type Device = <B as BackendTypes>::Device;
 
 const D_IN: usize = 32;
 const HIDDEN: usize = 64;
@@ -200,7 +201,7 @@ impl<B: Backend> InferenceStep for AdaptedMlp<B> {
 
 /// Examples of a task: inputs with a decaying spectrum (most of their variance in a few
 /// directions, as activations have), the class read from a random linear map of them.
-fn task(n: usize, seed: u64, device: &<B as Backend>::Device) -> Vec<Example> {
+fn task(n: usize, seed: u64, device: &Device) -> Vec<Example> {
     B::seed(device, seed);
     let scales: Vec<f32> = (0..D_IN).map(|j| 3.0 / (1.0 + j as f32)).collect();
     let scales = Tensor::<B, 1>::from_floats(scales.as_slice(), device).unsqueeze::<2>();
@@ -217,7 +218,7 @@ fn task(n: usize, seed: u64, device: &<B as Backend>::Device) -> Vec<Example> {
         .collect()
 }
 
-fn accuracy(model: &AdaptedMlp<B>, examples: &[Example], device: &<B as Backend>::Device) -> f64 {
+fn accuracy(model: &AdaptedMlp<B>, examples: &[Example], device: &Device) -> f64 {
     let batch: Batch<B> = ExampleBatcher.batch(examples.to_vec(), device);
     let (_, out) = model.forward_step(batch);
     out.correct as f64 / out.items as f64
@@ -266,7 +267,9 @@ fn main() -> burn_ipa::Result<()> {
     let config = AdapterConfig::ipa(RANK).with_scaling(Scaling::Factor(0.5));
     for (layer, fit) in model.layers_mut().into_iter().zip(&fits) {
         let projector = fit.finish()?.components;
-        let attached = layer.clone().attach(&config, ProjectorInit::Fitted(projector))?;
+        let attached = layer
+            .clone()
+            .attach(&config, ProjectorInit::Fitted(projector))?;
         *layer = attached;
     }
 
@@ -292,7 +295,7 @@ fn main() -> burn_ipa::Result<()> {
     let held_out = Arc::new(test.clone());
     let valid = ValidSet {
         batches: held_out.len().div_ceil(64),
-        make: Arc::new(move |i: usize, device: &<B as Backend>::Device| {
+        make: Arc::new(move |i: usize, device: &Device| {
             let end = ((i + 1) * 64).min(held_out.len());
             Ok(ExampleBatcher.batch(held_out[i * 64..end].to_vec(), device))
         }),
@@ -305,11 +308,11 @@ fn main() -> burn_ipa::Result<()> {
         &settings,
         &[device],
     )?;
+    let steps = outcome.steps();
     let (window, best) = outcome.best.expect("the run validated");
     let mut adapted = best.into_inner();
     println!(
-        "{} steps; best validation after step {}: test accuracy {:.1}%",
-        outcome.steps(),
+        "{steps} steps; best validation after step {}: test accuracy {:.1}%",
         window.step,
         100.0 * accuracy(&adapted, &test, &device)
     );

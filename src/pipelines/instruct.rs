@@ -49,9 +49,8 @@ use crate::models::tokenizer::Tokenizer;
 use crate::train::fingerprint::{data_identity, model_identity};
 use crate::train::learner::{learn, KeepBest, LearnerSettings, ValidSet};
 use crate::train::{
-    count_trainable, epoch_order, finetune, latest_checkpoint, lm_batch, trainable_lm,
-    validation_loss, CausalLm, LmBatcher, Monitor, RunOptions, StepRecord, TrainConfig,
-    Trainable, Validation,
+    count_trainable, epoch_order, finetune, lm_batch, trainable_lm, validation_loss, CausalLm,
+    LmBatcher, Monitor, RunOptions, StepRecord, TrainConfig, Trainable, Validation,
 };
 use crate::{Error, Result};
 
@@ -1164,7 +1163,11 @@ fn learn_lm<B: Backend>(
         batches: valid_examples.len().div_ceil(micro),
         make: Arc::new(move |i: usize, device: &B::Device| {
             let end = ((i + 1) * micro).min(valid_examples.len());
-            Ok(lm_batch::<B>(&valid_examples[i * micro..end], pad_id, device))
+            Ok(lm_batch::<B>(
+                &valid_examples[i * micro..end],
+                pad_id,
+                device,
+            ))
         }),
     };
     let outcome = learn::<AB<B>, CausalLm<AB<B>>, TokenizedExample>(

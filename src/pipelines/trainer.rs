@@ -9,9 +9,7 @@ use crate::train::learner::{LearnerLog, LEARNER_LOG_FILE};
 use crate::{Error, Result};
 
 /// Which loop trains a run (`--trainer`).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Trainer {
     /// The crate's step loop ([`crate::train::train`]): checkpoints every N optimizer

@@ -26,6 +26,6 @@ pub use siglip_classification::{
     SiglipClassifier,
 };
 pub use trainer::{
-    epoch_order, micro_batch_seed, step_examples, train, train_on_devices, train_with_hook, BeforeMicroBatch, MakeBatch, RunOptions,
-    TrainConfig, TrainOutcome, Validation,
+    epoch_order, micro_batch_seed, step_examples, train, train_on_devices, train_with_hook,
+    BeforeMicroBatch, MakeBatch, RunOptions, TrainConfig, TrainOutcome, Validation,
 };

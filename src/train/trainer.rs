@@ -184,7 +184,11 @@ pub struct TrainOutcome<M> {
 /// epoch's order ([`epoch_order`]) it takes, cut into micro-batches of
 /// `config.micro_batch_size`. Shared by the step loop and the Learner's data loader, so both
 /// see the same examples in the same micro-batches.
-pub fn step_examples(n: usize, config: &TrainConfig, step: usize) -> (usize, std::ops::Range<usize>) {
+pub fn step_examples(
+    n: usize,
+    config: &TrainConfig,
+    step: usize,
+) -> (usize, std::ops::Range<usize>) {
     let steps_per_epoch = config.steps_per_epoch(n);
     let epoch = step / steps_per_epoch;
     let begin = (step % steps_per_epoch) * config.batch_size;

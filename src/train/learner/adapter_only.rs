@@ -17,9 +17,7 @@
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
-use burn::module::{
-    AutodiffModule, Devices, Module, ModuleMapper, ModuleVisitor, Param, ParamId,
-};
+use burn::module::{AutodiffModule, Devices, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::record::{PrecisionSettings, Record};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
@@ -211,7 +209,11 @@ impl<B: Backend, M: Module<B>> AdapterOnly<B, M> {
                 ));
             }
         }
-        if let Some(extra) = record.layers.keys().find(|l| !shapes.layers.contains_key(*l)) {
+        if let Some(extra) = record
+            .layers
+            .keys()
+            .find(|l| !shapes.layers.contains_key(*l))
+        {
             return Err(format!(
                 "holds an adapter for `{extra}`, a layer the model does not adapt"
             ));
@@ -374,7 +376,7 @@ impl<B: Backend> ModuleVisitor<B> for CollectShapes {
             self.layers
                 .entry(layer.to_string())
                 .or_default()
-                .insert(name.to_string(), param.lazy_shape().dims.to_vec());
+                .insert(name.to_string(), param.lazy_shape().dims::<D>().to_vec());
         }
     }
 }

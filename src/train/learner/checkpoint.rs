@@ -86,9 +86,7 @@ pub fn best_window(windows: &[WindowRecord], keep: KeepBest) -> Option<&WindowRe
         let score = match keep {
             KeepBest::Last => return None,
             KeepBest::LowestLoss => w.valid_loss.map(|l| -l),
-            KeepBest::HighestAccuracy => w
-                .valid_correct
-                .map(|(c, t)| c as f64 / t.max(1) as f64),
+            KeepBest::HighestAccuracy => w.valid_correct.map(|(c, t)| c as f64 / t.max(1) as f64),
         };
         if let Some(score) = score {
             if best.is_none_or(|(_, s)| score > s) {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{Backend, BackendTypes};
 use burn::train::Interrupter;
 
 use super::step::{MicroBatch, StepBatch, ValidBatch};
@@ -235,7 +235,7 @@ where
 
 /// Builds validation batch `i` on a device, or says why it cannot.
 pub type MakeValidBatch<B, X> =
-    dyn Fn(usize, &<B as Backend>::Device) -> std::result::Result<X, String> + Send + Sync;
+    dyn Fn(usize, &<B as BackendTypes>::Device) -> std::result::Result<X, String> + Send + Sync;
 
 /// The validation loader: `batches` batches after the windows in `windows`, none after the
 /// others.

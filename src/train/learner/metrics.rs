@@ -410,8 +410,8 @@ impl RunLog {
                 })
                 .collect();
             let mut records = records;
-            let valid_loss = (validates && valid.weight > 0)
-                .then(|| valid.loss_sum / valid.weight as f64);
+            let valid_loss =
+                (validates && valid.weight > 0).then(|| valid.loss_sum / valid.weight as f64);
             if let Some(last) = records.last_mut() {
                 last.valid_loss = valid_loss;
             }
@@ -515,10 +515,7 @@ impl Metric for ValidLog {
     fn update(&mut self, item: &ValidItem, _: &MetricMetadata) -> SerializedEntry {
         self.log.add_valid(item);
         self.batches += 1;
-        SerializedEntry::new(
-            format!("batch {}", self.batches),
-            self.batches.to_string(),
-        )
+        SerializedEntry::new(format!("batch {}", self.batches), self.batches.to_string())
     }
 
     fn clear(&mut self) {

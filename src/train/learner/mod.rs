@@ -43,11 +43,10 @@ pub use checkpoint::{
     best_window, checkpoint_dir, checkpoint_file, checkpoint_windows, learner_dir,
     CheckpointRecorder, KeepBest, LEARNER_DIR,
 };
-pub(crate) use checkpoint::KeepWindows;
 pub use loader::{MakeValidBatch, StepLoader, StepPlan, ValidLoader};
 pub use metrics::{
-    AccuracyInput, AccuracyMetric, LearnerLog, LossInput, LossMetric, RunLog, StepLog,
-    ValidLog, WindowRecord, LEARNER_LOG_FILE,
+    AccuracyInput, AccuracyMetric, LearnerLog, LossInput, LossMetric, RunLog, StepLog, ValidLog,
+    WindowRecord, LEARNER_LOG_FILE,
 };
 pub use run::{learn, LearnerOutcome, LearnerSettings, ValidSet};
 pub use step::{MicroBatch, StepBatch, StepFailure, StepItem, StepOptions, ValidBatch, ValidItem};

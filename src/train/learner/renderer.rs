@@ -230,4 +230,3 @@ impl MetricsRenderer for Silent {
     fn manual_close(&mut self) {}
     fn register_metric(&mut self, _: MetricDefinition) {}
 }
-

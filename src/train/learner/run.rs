@@ -71,11 +71,7 @@ impl LearnerSettings {
     /// run when 0), validating every `train.valid_every` steps and at the end of the
     /// schedule — the step loop's points; an error when a validation step does not end a
     /// window.
-    pub fn from_train_config(
-        train: &TrainConfig,
-        examples: usize,
-        out_dir: &Path,
-    ) -> Result<Self> {
+    pub fn from_train_config(train: &TrainConfig, examples: usize, out_dir: &Path) -> Result<Self> {
         train.validate()?;
         let run_steps = train.run_steps(examples);
         let total = train.total_steps(examples);
@@ -377,7 +373,10 @@ where
         }
         _ => None,
     };
-    let elapsed_seconds = log.windows.last().map_or(elapsed_before, |w| w.elapsed_seconds);
+    let elapsed_seconds = log
+        .windows
+        .last()
+        .map_or(elapsed_before, |w| w.elapsed_seconds);
     Ok(LearnerOutcome {
         model,
         best,
@@ -395,7 +394,9 @@ fn remove_metric_logs_after(out: &Path, window: usize) {
         let dir = learner_dir(out).join(split);
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            let epoch = name.strip_prefix("epoch-").and_then(|e| e.parse::<usize>().ok());
+            let epoch = name
+                .strip_prefix("epoch-")
+                .and_then(|e| e.parse::<usize>().ok());
             if epoch.is_some_and(|e| e > window) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
@@ -404,8 +405,13 @@ fn remove_metric_logs_after(out: &Path, window: usize) {
 }
 
 /// The adapter record of window `window`'s checkpoint.
-fn restore_model<B: Backend>(out: &Path, window: usize, device: &B::Device) -> Result<AdapterRecord<B>> {
-    let checkpointer = FileCheckpointer::new(CheckpointRecorder::new(), checkpoint_dir(out), "model");
+fn restore_model<B: Backend>(
+    out: &Path,
+    window: usize,
+    device: &B::Device,
+) -> Result<AdapterRecord<B>> {
+    let checkpointer =
+        FileCheckpointer::new(CheckpointRecorder::new(), checkpoint_dir(out), "model");
     Checkpointer::<AdapterRecord<B>, B>::restore(&checkpointer, window, device).map_err(|e| {
         Error::file(
             &checkpoint_file(out, "model", window),
@@ -471,7 +477,9 @@ where
         }
     }
     match first_error {
-        Some(e) => Err(Error::State(format!("no intact checkpoint to resume from: {e}"))),
+        Some(e) => Err(Error::State(format!(
+            "no intact checkpoint to resume from: {e}"
+        ))),
         None if saved.windows.is_empty() => Ok(0),
         None => Err(Error::file(
             &checkpoint_dir(out),
@@ -503,13 +511,11 @@ where
 
     let optim_file = checkpoint_file(out, "optim", window);
     let checkpointer = FileCheckpointer::new(CheckpointRecorder::new(), &dir, "optim");
-    let optim: OptimRecord<AdamW, Wrapped<B, M>, B> =
-        Checkpointer::<OptimRecord<AdamW, Wrapped<B, M>, B>, B>::restore(
-            &checkpointer,
-            window,
-            device,
-        )
-        .map_err(|e| Error::file(&optim_file, format!("cannot read the checkpoint: {e}")))?;
+    let optim: OptimRecord<AdamW, Wrapped<B, M>, B> = Checkpointer::<
+        OptimRecord<AdamW, Wrapped<B, M>, B>,
+        B,
+    >::restore(&checkpointer, window, device)
+    .map_err(|e| Error::file(&optim_file, format!("cannot read the checkpoint: {e}")))?;
     if optim.keys().any(|id| !ids.contains(id)) {
         return Err(Error::file(
             &optim_file,
