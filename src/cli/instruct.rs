@@ -549,7 +549,12 @@ impl TrainCmd {
                  command with --resume continues",
                 report.steps,
                 report.run_steps,
-                self.out.join("checkpoints").display()
+                self.out
+                    .join(match self.trainer {
+                        Trainer::Loop => "checkpoints",
+                        Trainer::Learner => "learner/checkpoint",
+                    })
+                    .display()
             );
             return Ok(exit_code(true));
         }

@@ -9,6 +9,8 @@
 //!   first (IPA, `pre_ipca`/`pre_gha`), read from [`fit`]'s output, or fitted online during
 //!   training (`online_ipca`/`online_gha`); AdamW with warm-up and linear decay, step
 //!   checkpoints, exact resume; the adapter with the best validation loss kept (or the last);
+//!   the step loop trains, or burn-train's Learner ([`TrainRun::trainer`],
+//!   [`crate::train::learner`]) with the same steps;
 //! * [`evaluate`] ([`EvalRun`]): generate after the evaluation prompt and score the first
 //!   answer word of each task.
 //!

@@ -14,6 +14,11 @@
 //!   `report.json` (one entry per evaluation, with the best), `best_adapter/` and the loop's
 //!   `checkpoints/`.
 //!
+//! With [`VtabRunConfig::trainer`] = [`Trainer::Learner`], burn-train's Learner trains
+//! instead ([`crate::train::learner`]): one burn-train epoch per evaluation interval, the
+//! evaluation split as its validation, its checkpoints (the adapters only) in `learner/`, and
+//! the best evaluation's adapters restored from their checkpoint into `best_adapter/`.
+//!
 //! Training by intervals is exact: each interval is a call of the loop with `max_steps` at
 //! the interval's end that resumes from the checkpoint the previous call left, and the loop's
 //! resume reproduces an uninterrupted run (same data order, dropout masks, schedule and

@@ -82,8 +82,10 @@ impl LearnerSettings {
         };
         if train.valid_every > 0 && !train.valid_every.is_multiple_of(window_steps) {
             return Err(Error::Config(format!(
-                "valid_every: burn-train validates at the end of its epochs, here windows of \
-                 checkpoint_every = {window_steps} steps; give a multiple of {window_steps}"
+                "valid_every (--valid-every) {}: burn-train validates at the end of its epochs, \
+                 here windows of {window_steps} steps (checkpoint_every, --checkpoint-every; \
+                 the whole run when 0); give a multiple of {window_steps}, or 0",
+                train.valid_every
             )));
         }
         let valid_steps = if train.valid_every == 0 {
@@ -352,7 +354,7 @@ where
             .any(|p| message.starts_with(p))
         {
             return Err(Error::file(
-                &checkpoint_dir(out),
+                checkpoint_dir(out),
                 format!("writing a checkpoint failed: {message}"),
             ));
         }
@@ -414,7 +416,7 @@ fn restore_model<B: Backend>(
         FileCheckpointer::new(CheckpointRecorder::new(), checkpoint_dir(out), "model");
     Checkpointer::<AdapterRecord<B>, B>::restore(&checkpointer, window, device).map_err(|e| {
         Error::file(
-            &checkpoint_file(out, "model", window),
+            checkpoint_file(out, "model", window),
             format!("cannot read the checkpoint: {e}"),
         )
     })
@@ -482,7 +484,7 @@ where
         ))),
         None if saved.windows.is_empty() => Ok(0),
         None => Err(Error::file(
-            &checkpoint_dir(out),
+            checkpoint_dir(out),
             "holds none of the checkpoints learner_log.json lists",
         )),
     }
