@@ -199,14 +199,16 @@ impl<B: Backend> InferenceStep for AdaptedMlp<B> {
     }
 }
 
-/// Examples of a task: inputs with a decaying spectrum (most of their variance in a few
-/// directions, as activations have), the class read from a random linear map of them.
-fn task(n: usize, seed: u64, device: &Device) -> Vec<Example> {
-    B::seed(device, seed);
+/// Examples of task `task` (its rule: the class is the argmax of a random linear map of the
+/// inputs), drawn with seed `draw`. The inputs have a decaying spectrum (most of their variance
+/// in a few directions, as activations have).
+fn task(task: u64, n: usize, draw: u64, device: &Device) -> Vec<Example> {
+    B::seed(device, task);
+    let rule = Tensor::<B, 2>::random([D_IN, CLASSES], Distribution::Normal(0.0, 1.0), device);
+    B::seed(device, 1000 + draw);
     let scales: Vec<f32> = (0..D_IN).map(|j| 3.0 / (1.0 + j as f32)).collect();
     let scales = Tensor::<B, 1>::from_floats(scales.as_slice(), device).unsqueeze::<2>();
     let x = Tensor::<B, 2>::random([n, D_IN], Distribution::Normal(0.0, 1.0), device) * scales;
-    let rule = Tensor::<B, 2>::random([D_IN, CLASSES], Distribution::Normal(0.0, 1.0), device);
     let y = x.clone().matmul(rule).argmax(1).squeeze_dim::<1>(1);
     let x: Vec<f32> = x.into_data().to_vec().expect("f32");
     let y: Vec<i64> = y.into_data().convert::<i64>().to_vec().expect("i64");
@@ -230,7 +232,7 @@ fn main() -> burn_ipa::Result<()> {
     let _ = std::fs::remove_dir_all(&out);
 
     // 1. "Pretrain" the user's model on a first task, with burn alone.
-    let pretrain = task(512, 1, &device);
+    let pretrain = task(1, 512, 0, &device);
     let mut mlp = Mlp::<AB>::new(&device);
     let mut optim = AdamWConfig::new().init();
     for _ in 0..60 {
@@ -245,8 +247,9 @@ fn main() -> burn_ipa::Result<()> {
     let base = mlp.valid();
 
     // 2. Wrap its linears; 3. fit each one's projector forward-only on the new task.
-    let train = task(384, 2, &device);
-    let test = task(256, 3, &device);
+    let train = task(2, 384, 1, &device);
+    let valid = task(2, 128, 2, &device);
+    let test = task(2, 256, 3, &device);
     let mut model = AdaptedMlp::from_mlp(base);
     println!(
         "base model on the new task: test accuracy {:.1}%",
@@ -264,7 +267,7 @@ fn main() -> burn_ipa::Result<()> {
             fit.update(input, None)?;
         }
     }
-    let config = AdapterConfig::ipa(RANK).with_scaling(Scaling::Factor(0.5));
+    let config = AdapterConfig::ipa(RANK).with_scaling(Scaling::Factor(1.0));
     for (layer, fit) in model.layers_mut().into_iter().zip(&fits) {
         let projector = fit.finish()?.components;
         let attached = layer
@@ -280,19 +283,19 @@ fn main() -> burn_ipa::Result<()> {
         layer.mark_trainable();
     }
     let train_config = TrainConfig {
-        learning_rate: 1e-2,
-        epochs: 8,
+        learning_rate: 3e-2,
+        epochs: 16,
         batch_size: 32,
         micro_batch_size: 16,
         warmup_steps: 4,
-        checkpoint_every: 24,
-        valid_every: 24,
+        checkpoint_every: 48,
+        valid_every: 48,
         ..TrainConfig::default()
     };
     let mut settings = LearnerSettings::from_train_config(&train_config, train.len(), &out)?;
     settings.keep = KeepBest::HighestAccuracy;
     settings.classifies = true;
-    let held_out = Arc::new(test.clone());
+    let held_out = Arc::new(valid);
     let valid = ValidSet {
         batches: held_out.len().div_ceil(64),
         make: Arc::new(move |i: usize, device: &Device| {
