@@ -132,9 +132,9 @@ impl<B: Backend, X: 'static> ValidSet<B, X> {
 pub struct LearnerOutcome<M> {
     /// The model after the run (after its last window, or later steps when it stopped).
     pub model: M,
-    /// The window of the best validation and the model as it was then
-    /// ([`LearnerSettings::keep`]; `None` for [`KeepBest::Last`], when nothing validated, or
-    /// when the run stopped early).
+    /// The window of the best validation so far and the model as it was then (restored from
+    /// its checkpoint unless it is the last window of a finished run;
+    /// [`LearnerSettings::keep`]; `None` for [`KeepBest::Last`] or when nothing validated).
     pub best: Option<(WindowRecord, M)>,
     /// Windows and optimizer steps, those before a resume included.
     pub log: LearnerLog,
@@ -363,17 +363,18 @@ where
     let completed = log.windows.last().map(|w| w.step) == Some(plan.run_steps);
     let model = result.model;
     let best = match best_window(&log.windows, settings.keep) {
+        // The model is the last window's only when no step ran after it.
         Some(w) if completed && Some(w.window) == log.windows.last().map(|l| l.window) => {
             Some((w.clone(), model.clone()))
         }
-        Some(w) if completed => {
+        Some(w) => {
             let record = restore_model::<B::InnerBackend>(out, w.window, &device)?;
             model
                 .check_record(&record)
                 .map_err(|why| Error::file(checkpoint_file(out, "model", w.window), why))?;
             Some((w.clone(), model.clone().load_record(record)))
         }
-        _ => None,
+        None => None,
     };
     let elapsed_seconds = log
         .windows
