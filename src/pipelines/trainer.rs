@@ -8,18 +8,19 @@ use crate::train::latest_checkpoint;
 use crate::train::learner::{LearnerLog, LEARNER_LOG_FILE};
 use crate::{Error, Result};
 
-/// Which loop trains a run (`--trainer`).
+/// Which loop trains a run (`--trainer`): the step loop ([`crate::train::train`]) or
+/// burn-train's `Learner` ([`crate::train::learner`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Trainer {
-    /// The crate's step loop ([`crate::train::train`]): checkpoints every N optimizer
-    /// steps, a stop checkpoints the step it is at, resume reproduces the uninterrupted run
-    /// from any checkpoint, online projector fits, validation at any step.
+    /// The crate's step loop: checkpoints every N optimizer steps, a stop checkpoints the
+    /// step it is at, resume from any checkpoint, online projector fits, validation at any
+    /// step.
     #[default]
     Loop,
-    /// burn-train's `SupervisedTraining` and `Learner` ([`crate::train::learner`]): the
-    /// same steps, checkpointed by burn-train's file checkpointer at the end of each window
-    /// (burn-train epoch) of N steps; a stop ends the run at its last window.
+    /// burn-train's SupervisedTraining and Learner: the same steps, checkpointed by
+    /// burn-train's file checkpointer at the end of each window (burn-train epoch) of N
+    /// steps; a stop ends the run at its last window.
     Learner,
 }
 
