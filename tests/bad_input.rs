@@ -707,3 +707,55 @@ fn ctrl_c_checkpoints_and_exits_130() {
     assert!(latest.starts_with("step-"), "{latest}");
     assert!(!out.join("adapter").exists());
 }
+
+#[test]
+fn fit_algorithm_settings_reach_the_fit() {
+    let ws = Workspace::new("bad-gha", 10, 2);
+    let (base, data) = (ws.base(), ws.train_json());
+    let fit_args = |out: &Path, algorithm: &str| -> Vec<String> {
+        [
+            "fit",
+            "--model",
+            s(&base),
+            "--data",
+            s(&data),
+            "--rank",
+            "4",
+            "--val-set-size",
+            "4",
+            "--algorithm",
+            algorithm,
+            "--out",
+            s(out),
+            "--quiet",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let (default, sanger) = (ws.path("gha"), ws.path("gha-largest"));
+    ipa_ok(&fit_args(&default, "gha"));
+    ipa_ok(&fit_args(&sanger, "gha:scale=largest,decay=0,lr=0.5"));
+    let a = tensors(&default.join("projectors.safetensors"));
+    let b = tensors(&sanger.join("projectors.safetensors"));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    assert!(
+        a.iter().any(|(name, p)| p != &b[name]),
+        "the step settings changed no projector"
+    );
+    let config = read(&sanger.join("fit_config.json"));
+    assert!(
+        config.contains("gha:scale=largest,decay=0,lr=0.5"),
+        "{config}"
+    );
+
+    let bad = ws.path("bad");
+    ipa_err(
+        &fit_args(&bad, "gha:momentum=1"),
+        &["momentum", "lr, decay"],
+    );
+    ipa_err(&fit_args(&bad, "gha:lr=fast"), &["lr=fast", "number"]);
+    ipa_err(&fit_args(&bad, "gha:lr=-1"), &["learning rate", "positive"]);
+    ipa_err(&fit_args(&bad, "rsvd:niter"), &["niter", "key=value"]);
+    ipa_err(&fit_args(&bad, "pca"), &["unknown fit algorithm", "pca"]);
+}

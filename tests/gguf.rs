@@ -548,6 +548,7 @@ fn merge_and_export_from_a_gguf_file() {
         adapter.as_os_str(),
         "--out",
         peft.as_os_str(),
+        "--overwrite",
         "--base-model-name",
         "me/mine"
     ]);
@@ -640,5 +641,123 @@ fn missing_and_unknown_tensors_are_named() {
     assert!(
         e.contains("model.layers.0.mlp.extra.weight") && e.contains("no such parameter"),
         "{e}"
+    );
+}
+
+/// `ipa fit`, `train` (with `--resume`) and `eval` take a GGUF file as `--model`; a resume
+/// against a different GGUF at the same path is refused, naming what changed.
+#[test]
+fn fit_train_and_eval_from_a_gguf_file() {
+    let ws = Workspace::new("gguf-pipeline", 6, 2);
+    let model = ws.path("Tiny-Llama.F32.gguf");
+    // One token per character: the evaluation prompt needs more than the fixture's 128
+    // positions (RoPE has no table to outgrow).
+    let longer = || {
+        let mut w = fixture_to_gguf(&fixture_dir("llama2"));
+        w.meta("llama.context_length", MetaValue::U32(512));
+        w
+    };
+    longer().write(&model);
+    let (m, data) = (s(&model).to_string(), s(&ws.train_json()).to_string());
+    let fit = ws.path("fit");
+    ipa_ok(&[
+        "fit",
+        "--model",
+        &m,
+        "--data",
+        &data,
+        "--rank",
+        "2",
+        "--cutoff",
+        "64",
+        "--val-set-size",
+        "4",
+        "--fit-fraction",
+        "1",
+        "--out",
+        s(&fit),
+        "--quiet",
+    ]);
+    let projectors = tensors(&fit.join("projectors.safetensors"));
+    assert!(!projectors.is_empty());
+    assert!(projectors.values().all(|p| p.iter().any(|v| *v != 0.0)));
+
+    let run = ws.path("run");
+    let train = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "train",
+            "--model",
+            &m,
+            "--data",
+            &data,
+            "--rank",
+            "2",
+            "--cutoff",
+            "64",
+            "--val-set-size",
+            "4",
+            "--batch-size",
+            "4",
+            "--micro-batch-size",
+            "2",
+            "--checkpoint-every",
+            "1",
+            "--projectors",
+            s(&fit),
+            "--keep",
+            "last",
+            "--out",
+            s(&run),
+            "--quiet",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        a.extend(extra.iter().map(|a| a.to_string()));
+        a
+    };
+    ipa_ok(&train(&["--max-steps", "2"]));
+    let config = std::fs::read_to_string(run.join("train_config.json")).unwrap();
+    assert!(config.contains("gguf_header_sha256"), "{config}");
+    ipa_ok(&train(&["--max-steps", "3", "--resume"]));
+    assert!(run.join("adapter/adapter_model.safetensors").is_file());
+
+    // The tiny model has 128 positions: a task of short questions.
+    let tasks = ws.path("tasks");
+    std::fs::create_dir_all(tasks.join("short")).unwrap();
+    std::fs::write(
+        tasks.join("short/test.json"),
+        r#"[{"instruction": "is a cat a pet?", "input": "", "output": "true", "answer": "true"},
+            {"instruction": "is a rock a pet?", "input": "", "output": "false", "answer": "false"}]"#,
+    )
+    .unwrap();
+    let eval = ws.path("eval");
+    ipa_ok(&[
+        "eval",
+        "--model",
+        &m,
+        "--adapter",
+        s(&run.join("adapter")),
+        "--data-dir",
+        s(&tasks),
+        "--tasks",
+        "short",
+        "--num-beams",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        s(&eval),
+        "--quiet",
+    ]);
+    assert!(eval.join("accuracy.json").is_file());
+
+    // Another model at the same path: its metadata differs, and the resume says so.
+    let mut w = longer();
+    w.meta("general.name", MetaValue::Str("another model".into()));
+    w.write(&model);
+    ipa_err(
+        &train(&["--max-steps", "4", "--resume"]),
+        &["gguf_header_sha256"],
     );
 }

@@ -455,6 +455,7 @@ fn online_settings_round_trip_through_json() {
         algorithm: FitAlgorithm::Gha(GhaConfig {
             lr: 0.5,
             reorthonormalize: false,
+            ..GhaConfig::default()
         }),
         update_every: 4,
         stop_after: Some(100),

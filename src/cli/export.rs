@@ -70,9 +70,9 @@ impl ExportCmd {
     pub fn run(self) -> Result<ExitCode> {
         let backend = self.backend.clone();
         let out = self.out.out.clone();
-        let (rank, alpha) = backend.run(self)?;
+        let (rank, alpha, base) = backend.run(self)?;
         println!(
-            "wrote a peft LoRA adapter (r = {rank}, lora_alpha = {alpha}) to {}",
+            "wrote a peft LoRA adapter (r = {rank}, lora_alpha = {alpha}, base model {base}) to {}",
             out.display()
         );
         Ok(ExitCode::SUCCESS)
@@ -80,7 +80,7 @@ impl ExportCmd {
 }
 
 impl BackendJob for ExportCmd {
-    type Output = (usize, f64);
+    type Output = (usize, f64, String);
     fn run<B: Backend>(self, device: B::Device, _: &str) -> Result<Self::Output> {
         not_the_model(&self.out.out, &self.model)?;
         let dir = OutDir::lock(&self.out.out, "ipa export")?;
@@ -101,7 +101,7 @@ impl BackendJob for ExportCmd {
         let name = self.base_model_name.clone().unwrap_or(default_name);
         let ExportFormat::Peft = self.format;
         export_peft_for(&model, &adapter, &name, layout, &self.out.out)?;
-        Ok((adapter.rank, adapter.scale() * adapter.rank as f64))
+        Ok((adapter.rank, adapter.scale() * adapter.rank as f64, name))
     }
 }
 

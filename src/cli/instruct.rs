@@ -71,6 +71,10 @@ pub struct FitPassArgs {
     /// Fit algorithm: ipca (scikit-learn's IncrementalPCA, exact SVD per batch), rsvd (the
     /// authors' randomized IPCA, `torch.svd_lowrank` with niter 3: what the paper's tables
     /// used), gha (generalized Hebbian), covariance (exact streaming PCA) [default: ipca].
+    /// Settings follow a colon: `gha:lr=1,decay=0.1,scale=component` (the defaults: each
+    /// component's step normalised by its own variance and decayed, so one pass converges;
+    /// `scale=largest` is Sanger's rule at lr/λ₁; the authors' code uses a fixed step 1e-3),
+    /// `rsvd:niter=3,oversample=0`.
     #[arg(long)]
     pub algorithm: Option<String>,
     /// Fraction of the training split the fit reads: the first part of its seeded shuffle

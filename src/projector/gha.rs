@@ -11,15 +11,50 @@ use super::moments::{BatchMoments, RunningMoments};
 use super::{check_rank, prepare_rows, FittedProjector, ProjectorFit};
 use crate::{Error, Result};
 
+/// How [`Gha`] scales its step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GhaStepScale {
+    /// Row `i` of `P` steps by `lr / λ̂ᵢ`, its own variance estimate: every component moves at
+    /// the same relative speed, so the small components converge as fast as the first (with
+    /// re-orthonormalisation each step is a stochastic subspace iteration). The default.
+    Component,
+    /// Every row steps by `lr / λ̂₁`, the largest variance (Sanger's rule with a scale-free
+    /// step): component `i` moves `λᵢ/λ₁` times slower than the first, so a slowly decaying
+    /// spectrum needs many passes.
+    Largest,
+}
+
 /// Settings of [`Gha`].
+///
+/// The defaults are chosen to converge within one pass over a layer's inputs. Measured on
+/// SmolLM2-135M-Instruct (attention and down-projection inputs of layers 2, 15 and 28, 9075
+/// tokens of WordNet glosses, batches of 512 rows, ranks 16 and 32), one pass captures
+/// 97.4–99.98% of the variance the exact top-r subspace holds, against 73.6–99.9% for Sanger's
+/// rule at `lr / λ₁` (which needs about 20 passes to match); the exact fit on half the tokens
+/// captures 99.1–100%.
+/// (The largest principal angle is not a usable yardstick there: `λᵣ/λᵣ₊₁` is 1.02–1.09, and
+/// the exact fits on half the tokens and on all of them already differ by 13–81°.)
+/// The authors' code steps by a fixed `1e-3` without re-orthonormalisation; its scale depends
+/// on the inputs' magnitude, which is why this one is relative.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GhaConfig {
-    /// Step size relative to the largest input variance: the update is
-    /// `ΔP = (lr / λ̂₁) · (yᵀx/n − tril(yᵀy/n)·P)`, which makes `lr` independent of the scale of
-    /// the inputs (stable for `lr < 1`).
+    /// Step size, relative to the variance named by `step_scale`: stable for `lr ≤ 1`.
     pub lr: f64,
     /// Re-orthonormalise the rows of `P` after each step (order-preserving, Gram–Schmidt).
     pub reorthonormalize: bool,
+    /// Which variance normalises the step.
+    #[serde(default = "default_step_scale")]
+    pub step_scale: GhaStepScale,
+    /// Step `t` (0-based) uses `lr / (1 + decay · t)`: early batches move `P` far, later ones
+    /// average out the noise of single batches. 0 keeps the step constant (for tracking
+    /// inputs that drift, as online fits may want).
+    #[serde(default)]
+    pub decay: f64,
+}
+
+fn default_step_scale() -> GhaStepScale {
+    GhaStepScale::Largest
 }
 
 impl Default for GhaConfig {
@@ -27,6 +62,8 @@ impl Default for GhaConfig {
         Self {
             lr: 1.0,
             reorthonormalize: true,
+            step_scale: GhaStepScale::Component,
+            decay: 0.1,
         }
     }
 }
@@ -45,6 +82,8 @@ pub struct Gha<B: Backend> {
     /// Upper estimate of the largest eigenvalue, for the step size.
     lambda_max: f64,
     variance_estimate: Vec<f64>,
+    /// Updates applied so far (for the step decay).
+    steps: usize,
     device: B::Device,
 }
 
@@ -64,6 +103,12 @@ impl<B: Backend> Gha<B> {
                 config.lr
             )));
         }
+        if !(config.decay >= 0.0 && config.decay.is_finite()) {
+            return Err(Error::Config(format!(
+                "GHA step decay {} must be zero or positive",
+                config.decay
+            )));
+        }
         let p = orthonormalize_columns(gaussian::<B>(d, rank, seed, device))?.transpose();
         Ok(Self {
             d,
@@ -73,6 +118,7 @@ impl<B: Backend> Gha<B> {
             moments: RunningMoments::default(),
             lambda_max: 0.0,
             variance_estimate: vec![0.0; rank],
+            steps: 0,
             device: device.clone(),
         })
     }
@@ -117,16 +163,40 @@ impl<B: Backend> ProjectorFit<B> for Gha<B> {
         if lambda_max == 0.0 {
             lambda_max = self.power_estimate(&xc, batch.n);
         }
-        // ‖P C‖ rows bound λ₁ from below: keep the step safe as the estimate improves.
-        let row_norms = host::download_vec(hebb.clone().square().sum_dim(1));
-        for v in row_norms {
-            lambda_max = lambda_max.max(v.sqrt());
+        // ‖(P C)ᵢ‖ ≥ λ̂ᵢ bounds each row's scale from below: keep the step safe as the estimates
+        // improve.
+        let row_norms: Vec<f64> = host::download_vec(hebb.clone().square().sum_dim(1))
+            .into_iter()
+            .map(f64::sqrt)
+            .collect();
+        for v in &row_norms {
+            lambda_max = lambda_max.max(*v);
         }
         if lambda_max <= 0.0 {
             return Err(Error::Fit("GHA batch has zero variance".into()));
         }
-        let step = self.config.lr / lambda_max;
-        let p = self.p.clone() + (hebb - yy.tril(0).matmul(self.p.clone())) * step;
+        let lr = self.config.lr / (1.0 + self.config.decay * self.steps as f64);
+        let delta = hebb - yy.tril(0).matmul(self.p.clone());
+        let p = match self.config.step_scale {
+            GhaStepScale::Largest => self.p.clone() + delta * (lr / lambda_max),
+            GhaStepScale::Component => {
+                // A row with no variance in this batch would divide by ~0: it steps as the
+                // largest does instead.
+                let floor = lambda_max * 1e-12;
+                let steps: Vec<f64> = (0..self.rank)
+                    .map(|i| {
+                        let scale = yy_host[(i, i)].max(row_norms[i]);
+                        if scale > floor {
+                            lr / scale
+                        } else {
+                            lr / lambda_max
+                        }
+                    })
+                    .collect();
+                let steps = host::upload_vec::<B, 2>(steps, [self.rank, 1], &self.device);
+                self.p.clone() + delta * steps
+            }
+        };
         let p = if self.config.reorthonormalize {
             orthonormalize_rows_in_order(p)?
         } else {
@@ -141,6 +211,7 @@ impl<B: Backend> ProjectorFit<B> for Gha<B> {
         self.p = p;
         self.moments = moments;
         self.lambda_max = lambda_max;
+        self.steps += 1;
         Ok(())
     }
 

@@ -22,7 +22,7 @@ mod ipca;
 mod moments;
 
 pub use covariance::CovariancePca;
-pub use gha::{Gha, GhaConfig};
+pub use gha::{Gha, GhaConfig, GhaStepScale};
 pub use ipca::{IncrementalPca, IpcaSolver};
 pub use moments::RunningMoments;
 
@@ -107,9 +107,14 @@ impl FitAlgorithm {
         }
     }
 
-    /// Parses a name with default settings.
-    pub fn from_name(name: &str) -> Result<Self> {
-        Ok(match name {
+    /// Parses a name, optionally followed by settings: `gha:lr=0.5,decay=0,scale=largest`,
+    /// `rsvd:niter=5,oversample=8`. Settings not given keep their defaults.
+    pub fn from_name(spec: &str) -> Result<Self> {
+        let (name, settings) = match spec.split_once(':') {
+            Some((name, settings)) => (name, settings),
+            None => (spec, ""),
+        };
+        let mut algorithm = match name {
             "ipca" => FitAlgorithm::Ipca,
             "rsvd" => FitAlgorithm::Rsvd {
                 oversample: 0,
@@ -122,7 +127,48 @@ impl FitAlgorithm {
                     "unknown fit algorithm `{other}` (expected ipca, rsvd, gha or covariance)"
                 )))
             }
-        })
+        };
+        for setting in settings.split(',').filter(|s| !s.is_empty()) {
+            let Some((key, value)) = setting.split_once('=') else {
+                return Err(Error::Config(format!(
+                    "fit algorithm `{spec}`: setting `{setting}` is not key=value"
+                )));
+            };
+            let bad = |what: &str| {
+                Error::Config(format!(
+                    "fit algorithm `{spec}`: {key}={value} is not {what}"
+                ))
+            };
+            let number = || value.parse::<f64>().map_err(|_| bad("a number"));
+            let count = || value.parse::<usize>().map_err(|_| bad("a whole number"));
+            match (&mut algorithm, key) {
+                (FitAlgorithm::Gha(c), "lr") => c.lr = number()?,
+                (FitAlgorithm::Gha(c), "decay") => c.decay = number()?,
+                (FitAlgorithm::Gha(c), "reorthonormalize") => {
+                    c.reorthonormalize = value.parse().map_err(|_| bad("true or false"))?
+                }
+                (FitAlgorithm::Gha(c), "scale") => {
+                    c.step_scale = match value {
+                        "component" => GhaStepScale::Component,
+                        "largest" => GhaStepScale::Largest,
+                        _ => return Err(bad("component or largest")),
+                    }
+                }
+                (FitAlgorithm::Rsvd { niter, .. }, "niter") => *niter = count()?,
+                (FitAlgorithm::Rsvd { oversample, .. }, "oversample") => *oversample = count()?,
+                _ => {
+                    let known = match algorithm {
+                        FitAlgorithm::Gha(_) => "lr, decay, scale, reorthonormalize",
+                        FitAlgorithm::Rsvd { .. } => "niter, oversample",
+                        _ => "none",
+                    };
+                    return Err(Error::Config(format!(
+                        "fit algorithm `{spec}`: unknown setting `{key}` for {name} (known: {known})"
+                    )));
+                }
+            }
+        }
+        Ok(algorithm)
     }
 
     /// Creates the estimator for inputs of width `d` and rank `rank`.

@@ -66,8 +66,15 @@ fn safetensors_header_digest(path: &Path) -> Result<Value> {
 }
 
 /// The identity of a model folder: the SHA-256 of `config.json`, of the shard index when there
-/// is one, and of every weight file's header.
+/// is one, and of every weight file's header. For a GGUF file: its size and the SHA-256 of
+/// everything before the tensor data (header, metadata with config and tokenizer, tensor
+/// directory).
 pub fn model_identity(dir: &Path) -> Result<Value> {
+    if let crate::models::source::ModelSource::Gguf(file) =
+        crate::models::source::ModelSource::of(dir)?
+    {
+        return gguf_identity(&file);
+    }
     let config = dir.join("config.json");
     let mut out = serde_json::Map::new();
     out.insert("path".into(), json!(dir.display().to_string()));
@@ -86,6 +93,24 @@ pub fn model_identity(dir: &Path) -> Result<Value> {
     }
     out.insert("weights".into(), Value::Object(weights));
     Ok(Value::Object(out))
+}
+
+fn gguf_identity(path: &Path) -> Result<Value> {
+    let gguf = crate::models::gguf::file::GgufFile::open(path)?;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
+    let size = file.metadata().map_err(|e| Error::file(path, e))?.len();
+    let mut head = Vec::new();
+    file.by_ref()
+        .take(gguf.data_offset())
+        .read_to_end(&mut head)
+        .map_err(|e| Error::file(path, e))?;
+    let mut hasher = Sha256::new();
+    hasher.update(&head);
+    Ok(json!({
+        "path": path.display().to_string(),
+        "bytes": size,
+        "gguf_header_sha256": hex(&hasher.finalize()),
+    }))
 }
 
 /// Every leaf where `saved` and `now` differ, as `path: old → new` (at most `limit`).

@@ -284,6 +284,12 @@ impl Cursor {
 }
 
 impl GgufFile {
+    /// Where the tensor data starts: the header, metadata and tensor directory (with padding)
+    /// are the bytes before it.
+    pub fn data_offset(&self) -> u64 {
+        self.data_offset
+    }
+
     /// Reads the header, metadata and tensor directory of `path`. Every tensor's type must be
     /// one burn-ipa dequantizes and its data must lie within the file; errors name the file
     /// and the key or tensor.
