@@ -855,3 +855,110 @@ fn ipa_vtab_runs_the_protocol_from_the_command_line() {
             .unwrap();
     assert_eq!(resolved["config"]["train"]["max_grad_norm"], 0.0);
 }
+
+#[test]
+fn ipa_vtab_with_the_learner_takes_the_step_loops_steps() {
+    let _serial = serial();
+    let task = Task::standard("cli-learner");
+    let words = ["a", "photo", "of", "circle", "square", "triangle"];
+    let tokenizer = task.root.join("tokenizer");
+    write_word_tokenizer(&tokenizer, &words);
+    let args = |out: &Path, trainer: &str| -> Vec<String> {
+        [
+            "vtab",
+            "--model",
+            s(&model_dir()),
+            "--tokenizer",
+            s(&tokenizer),
+            "--data-root",
+            s(&task.root),
+            "--task",
+            TASK,
+            "--out",
+            s(out),
+            "--text-len",
+            "8",
+            "--rank",
+            "2",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--micro-batch-size",
+            "2",
+            "--eval-every",
+            "1",
+            "--eval-batch-size",
+            "3",
+            "--fit-batch-size",
+            "3",
+            "--dropout",
+            "0",
+            "--trainer",
+            trainer,
+            "--quiet",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let (looped, learned) = (task.root.join("loop"), task.root.join("learner"));
+    ipa_ok(&args(&looped, "loop"));
+    let stdout = ipa_ok(&args(&learned, "learner"));
+    assert!(stdout.contains("best:"), "{stdout}");
+    let (a, b) = (
+        read_report(&learned.join(REPORT_FILE)).unwrap(),
+        read_report(&looped.join(REPORT_FILE)).unwrap(),
+    );
+    // The same evaluations (correct counts: exact), the same best.
+    let counts = |r: &VtabReport| -> Vec<(usize, usize, usize)> {
+        r.evaluations
+            .iter()
+            .map(|e| (e.step, e.correct, e.total))
+            .collect()
+    };
+    assert_eq!(counts(&a), counts(&b));
+    assert_eq!(
+        a.best.as_ref().map(|e| e.step),
+        b.best.as_ref().map(|e| e.step)
+    );
+    assert_eq!(a.steps, b.steps);
+    let (x, y) = (
+        tensors(
+            &learned
+                .join(BEST_ADAPTER_DIR)
+                .join("adapter_model.safetensors"),
+        ),
+        tensors(
+            &looped
+                .join(BEST_ADAPTER_DIR)
+                .join("adapter_model.safetensors"),
+        ),
+    );
+    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
+    for (name, v) in &x {
+        let v: Vec<f64> = v.iter().map(|&f| f as f64).collect();
+        let w: Vec<f64> = y[name].iter().map(|&f| f as f64).collect();
+        assert_close(&v, &w, 1e-5, name);
+    }
+    // burn-train's checkpoints of the adapters only.
+    let base = std::fs::metadata(model_dir().join("model.safetensors"))
+        .unwrap()
+        .len();
+    for entry in std::fs::read_dir(learned.join("learner/checkpoint")).unwrap() {
+        let entry = entry.unwrap();
+        let size = entry.metadata().unwrap().len();
+        assert!(size * 8 < base, "{:?}: {size} bytes", entry.file_name());
+    }
+    // Resuming the finished run does nothing more; the step loop's checkpoints between
+    // evaluations are refused.
+    let again = ipa_ok(&with_flags(args(&learned, "learner"), &["--resume"]));
+    assert!(again.contains("4 steps"), "{again}");
+    ipa_err(
+        &with_flags(
+            args(&task.root.join("refused"), "learner"),
+            &["--checkpoint-every", "1"],
+        ),
+        &["--checkpoint-every 1", "--trainer loop"],
+    );
+}

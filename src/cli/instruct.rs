@@ -16,6 +16,7 @@ use burn_ipa::pipelines::instruct::{
 };
 use burn_ipa::pipelines::online::{OnlineFit, WarmStart};
 use burn_ipa::pipelines::out_dir::Existing;
+use burn_ipa::pipelines::trainer::Trainer;
 use burn_ipa::train::{Monitor, TrainConfig};
 use burn_ipa::{Error, Result};
 use clap::{Args, ValueEnum};
@@ -405,9 +406,22 @@ pub struct TrainCmd {
     pub overwrite: bool,
     /// Data parallelism: device ordinals (comma-separated) to spread each step's micro-batches
     /// over; the model and optimizer live on the first. Gradients are gathered as
-    /// burn-train's multi-device strategy does.
+    /// burn-train's multi-device strategy does (with --trainer learner, it is that
+    /// strategy: burn-train forks the model to each device, runs its share of every step's
+    /// micro-batches there, and sums the gradients on the first device, where the global
+    /// norm is clipped and AdamW steps).
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<usize>,
+    /// Training loop: `loop` (the crate's step loop: checkpoints every --checkpoint-every
+    /// steps, a stop checkpoints the current step, online fits) or `learner` (burn-train's
+    /// SupervisedTraining and Learner: one burn-train epoch per --checkpoint-every steps,
+    /// checkpointed by its file checkpointer with the adapters only, --resume at those
+    /// points; validates at the end of them, so --valid-every must be a multiple of
+    /// --checkpoint-every; a stop ends the run at its last checkpoint; adapters only, no
+    /// --fit-mode online). Both take the same steps: without dropout they train the same
+    /// adapters.
+    #[arg(long, value_enum, default_value = "loop")]
+    pub trainer: Trainer,
     /// Do not show progress bars.
     #[arg(long, conflicts_with = "tui")]
     pub quiet: bool,
@@ -450,6 +464,7 @@ impl TrainCmd {
                     },
                     train: self.optim.config(),
                     keep: self.optim.keep,
+                    trainer: self.trainer,
                 });
             }
         };
@@ -524,6 +539,7 @@ impl TrainCmd {
             },
             train: self.optim.config(),
             keep: self.optim.keep,
+            trainer: self.trainer,
         })
     }
 
@@ -537,7 +553,12 @@ impl TrainCmd {
                  command with --resume continues",
                 report.steps,
                 report.run_steps,
-                self.out.join("checkpoints").display()
+                self.out
+                    .join(match self.trainer {
+                        Trainer::Loop => "checkpoints",
+                        Trainer::Learner => "learner/checkpoint",
+                    })
+                    .display()
             );
             return Ok(exit_code(true));
         }

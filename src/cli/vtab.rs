@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use burn::tensor::backend::Backend;
 use burn_ipa::backend::BackendJob;
 use burn_ipa::pipelines::out_dir::Existing;
+use burn_ipa::pipelines::trainer::Trainer;
 use burn_ipa::pipelines::vtab::{
     run_vtab_with, VtabReport, VtabRunConfig, VtabRunOptions, BEST_ADAPTER_DIR,
 };
@@ -119,6 +120,14 @@ pub struct VtabCmd {
     /// Trainer's].
     #[arg(long, allow_negative_numbers = true)]
     pub max_grad_norm: Option<f64>,
+    /// Training loop: `loop` (the crate's step loop, trained one evaluation interval at a
+    /// time; --checkpoint-every adds checkpoints between evaluations) or `learner`
+    /// (burn-train's SupervisedTraining and Learner: one burn-train epoch per evaluation
+    /// interval with the evaluation split as its validation, checkpointed by its file
+    /// checkpointer with the adapters only; a stop ends the run at its last evaluation).
+    /// Both take the same steps: without dropout they train the same adapters.
+    #[arg(long, value_enum, default_value = "loop")]
+    pub trainer: Trainer,
     /// Continue from the latest intact checkpoint in --out (refused, naming what differs, if
     /// its settings, model or data changed).
     #[arg(long, conflicts_with = "overwrite")]
@@ -174,6 +183,7 @@ impl VtabCmd {
         set(&mut c.eval_batch_size, self.eval_batch_size);
         set(&mut c.text_len, self.text_len);
         c.tokenizer = self.tokenizer.clone();
+        c.trainer = self.trainer;
         c.validate()?;
         Ok(c)
     }
@@ -221,8 +231,9 @@ impl VtabCmd {
         let backend = self.backend.clone();
         let out = self.out.clone();
         let report = backend.run(self);
-        monitor.finish();
+        // Read before `finish`: burn-train's dashboard clears the request when training ends.
         let stopped = monitor.stop_requested();
+        monitor.finish();
         // The last handle on a dashboard gives the terminal back before the report prints.
         drop(monitor);
         let report = report?;

@@ -412,11 +412,25 @@ impl VtabDataset {
         batch_size: usize,
         device: &'a B::Device,
     ) -> impl Iterator<Item = Result<VtabBatch<B>>> + 'a {
-        self.items.chunks(batch_size.max(1)).map(move |chunk| {
-            let pixels = parallel_map(chunk, |item| item.pixels(image_size))?;
-            let labels: Vec<usize> = chunk.iter().map(|item| item.label).collect();
-            Ok(vtab_batch(pixels.concat(), &labels, image_size, device))
-        })
+        self.items
+            .chunks(batch_size.max(1))
+            .map(move |chunk| items_batch(chunk, image_size, device))
+    }
+
+    /// Batch `index` of the batches of up to `batch_size` examples in list order (as
+    /// [`batches`](Self::batches) yields them), decoded now; an unreadable image is an error
+    /// naming the file.
+    pub fn batch<B: Backend>(
+        &self,
+        index: usize,
+        image_size: usize,
+        batch_size: usize,
+        device: &B::Device,
+    ) -> Result<VtabBatch<B>> {
+        let size = batch_size.max(1);
+        let start = (index * size).min(self.items.len());
+        let end = (start + size).min(self.items.len());
+        items_batch(&self.items[start..end], image_size, device)
     }
 
     /// Decodes every image of the split now (in parallel), for training with burn's data
@@ -448,6 +462,17 @@ impl Dataset<VtabItem> for VtabDataset {
     fn len(&self) -> usize {
         self.items.len()
     }
+}
+
+/// The batch of `items`, decoded in parallel.
+fn items_batch<B: Backend>(
+    items: &[VtabItem],
+    image_size: usize,
+    device: &B::Device,
+) -> Result<VtabBatch<B>> {
+    let pixels = parallel_map(items, |item| item.pixels(image_size))?;
+    let labels: Vec<usize> = items.iter().map(|item| item.label).collect();
+    Ok(vtab_batch(pixels.concat(), &labels, image_size, device))
 }
 
 /// `f` over `items` on up to the machine's thread count, results in order; the first error in

@@ -9,6 +9,8 @@
 //!   first (IPA, `pre_ipca`/`pre_gha`), read from [`fit`]'s output, or fitted online during
 //!   training (`online_ipca`/`online_gha`); AdamW with warm-up and linear decay, step
 //!   checkpoints, exact resume; the adapter with the best validation loss kept (or the last);
+//!   the step loop trains, or burn-train's Learner ([`TrainRun::trainer`],
+//!   [`crate::train::learner`]) with the same steps;
 //! * [`evaluate`] ([`EvalRun`]): generate after the evaluation prompt and score the first
 //!   answer word of each task.
 //!
@@ -19,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
@@ -28,6 +31,7 @@ use serde_json::{json, Value};
 
 use super::online::{finetune_online, OnlineFit};
 use super::out_dir::{Existing, OutDir};
+use super::trainer::{resumable, Trainer};
 use crate::adapter::{
     load_adapter, read_adapter_config, save_adapter, write_atomic, AdapterConfig, AdapterMethod,
     ProjectorInit, Scaling,
@@ -45,9 +49,10 @@ use crate::models::llama::Decoder;
 use crate::models::loading::load_decoder;
 use crate::models::tokenizer::Tokenizer;
 use crate::train::fingerprint::{data_identity, model_identity};
+use crate::train::learner::{learn, KeepBest, LearnerSettings, ValidSet};
 use crate::train::{
-    count_trainable, epoch_order, finetune, latest_checkpoint, validation_loss, CausalLm, Monitor,
-    RunOptions, StepRecord, TrainConfig, Trainable, Validation,
+    count_trainable, epoch_order, finetune, lm_batch, trainable_lm, validation_loss, CausalLm,
+    LmBatcher, Monitor, RunOptions, StepRecord, TrainConfig, Trainable, Validation,
 };
 use crate::{Error, Result};
 
@@ -281,6 +286,10 @@ pub struct TrainRun {
     pub train: TrainConfig,
     /// Which result (adapter or model) ends up in the output folder.
     pub keep: Keep,
+    /// Which loop trains: the step loop or burn-train's Learner (adapters only, no online
+    /// fit, validation at the end of its checkpoint windows).
+    #[serde(default, skip_serializing_if = "Trainer::is_loop")]
+    pub trainer: Trainer,
 }
 
 /// Settings of an `ipa eval` run.
@@ -751,6 +760,9 @@ impl TrainRun {
     pub fn validate(&self) -> Result<()> {
         self.data.validate()?;
         self.train.validate()?;
+        if self.trainer == Trainer::Learner {
+            self.validate_for_learner()?;
+        }
         let Tuning::Adapters {
             adapter,
             projectors,
@@ -793,6 +805,41 @@ impl TrainRun {
             }
             (ProjectorSource::Online { fit }, AdapterMethod::Ipa) => fit.validate()?,
             (ProjectorSource::Saved { .. }, AdapterMethod::Ipa) => {}
+        }
+        Ok(())
+    }
+
+    /// What `--trainer learner` cannot run: weights without adapters (its checkpoints hold
+    /// adapters only), online fits (no hook before each micro-batch), and validations that
+    /// do not end one of its checkpoint windows.
+    fn validate_for_learner(&self) -> Result<()> {
+        match &self.tuning {
+            Tuning::Weights | Tuning::Full => {
+                return Err(Error::Config(
+                    "--trainer learner trains adapters (its checkpoints hold the adapters \
+                     only); --method weights and --method full run with --trainer loop"
+                        .into(),
+                ))
+            }
+            Tuning::Adapters {
+                projectors: ProjectorSource::Online { .. },
+                ..
+            } => {
+                return Err(Error::Config(
+                    "--fit-mode online updates the projectors before every micro-batch, which \
+                     burn-train's Learner has no hook for: use --trainer loop"
+                        .into(),
+                ))
+            }
+            Tuning::Adapters { .. } => {}
+        }
+        let (every, valid) = (self.train.checkpoint_every, self.train.valid_every);
+        if every > 0 && valid > 0 && !valid.is_multiple_of(every) {
+            return Err(Error::Config(format!(
+                "--valid-every {valid}: --trainer learner checkpoints and validates at the end \
+                 of burn-train epochs of --checkpoint-every {every} steps; give a multiple of \
+                 {every} (or 0), or use --trainer loop"
+            )));
         }
         Ok(())
     }
@@ -867,7 +914,7 @@ pub fn train<B: Backend>(
     let adapter = spec.map(|a| a.resolve(model.config.family)).transpose()?;
     let data = InstructData::load(&run.data, &model, run.train.seed)?;
     let fingerprint = run.fingerprint(adapter.as_ref())?;
-    let resuming = control.existing() == Existing::Resume && latest_checkpoint(out)?.is_some();
+    let resuming = control.existing() == Existing::Resume && resumable(out, run.trainer)?;
     write_json(
         &out.join(TRAIN_CONFIG_FILE),
         &json!({ "settings": run, "adapter": adapter, "inputs": fingerprint["inputs"] }),
@@ -957,56 +1004,71 @@ pub fn train<B: Backend>(
             None => save_model_dir(inner, &run.data.model, dir, extra),
         }
     };
-    let mut validate = |m: &CausalLm<AB<B>>, step: usize| -> Result<f64> {
-        let inner = m.decoder.valid();
-        let loss = validation_loss(&inner, &data.valid, run.train.micro_batch_size, data.pad_id)?;
-        if keep_best && read_best(&best_dir).is_none_or(|b| loss < b.valid_loss) {
-            let record = BestRecord {
-                step,
-                valid_loss: loss,
-            };
-            let bytes = serde_json::to_vec_pretty(&record).expect("record serialises");
-            save_result(&inner, step, &best_dir, Some((BEST_FILE, &bytes)))?;
-        }
-        Ok(loss)
-    };
-    let valid: Option<&mut Validation<'_, CausalLm<AB<B>>>> = if data.valid.is_empty() {
-        None
-    } else {
-        Some(&mut validate)
-    };
     if control.ctrl_c {
         // From here Ctrl-C checkpoints and stops (before, it ends the process: nothing to
         // keep).
         control.monitor.stop_on_ctrl_c()?;
     }
     let start = std::time::Instant::now();
-    let outcome = match online {
-        Some(fit) => finetune_online::<AB<B>>(
-            model,
-            &data.train,
-            &run.train,
-            &options,
-            fit,
-            data.pad_id,
-            device,
-            valid,
-        ),
-        None => finetune::<AB<B>>(
-            model,
-            &data.train,
-            &run.train,
-            &options,
-            data.pad_id,
-            devices,
-            &trainable,
-            valid,
-        ),
+    let trained = match run.trainer {
+        Trainer::Loop => {
+            let mut validate = |m: &CausalLm<AB<B>>, step: usize| -> Result<f64> {
+                let inner = m.decoder.valid();
+                let loss =
+                    validation_loss(&inner, &data.valid, run.train.micro_batch_size, data.pad_id)?;
+                if keep_best && read_best(&best_dir).is_none_or(|b| loss < b.valid_loss) {
+                    let record = BestRecord {
+                        step,
+                        valid_loss: loss,
+                    };
+                    let bytes = serde_json::to_vec_pretty(&record).expect("record serialises");
+                    save_result(&inner, step, &best_dir, Some((BEST_FILE, &bytes)))?;
+                }
+                Ok(loss)
+            };
+            let valid: Option<&mut Validation<'_, CausalLm<AB<B>>>> = if data.valid.is_empty() {
+                None
+            } else {
+                Some(&mut validate)
+            };
+            let outcome = match online {
+                Some(fit) => finetune_online::<AB<B>>(
+                    model,
+                    &data.train,
+                    &run.train,
+                    &options,
+                    fit,
+                    data.pad_id,
+                    device,
+                    valid,
+                ),
+                None => finetune::<AB<B>>(
+                    model,
+                    &data.train,
+                    &run.train,
+                    &options,
+                    data.pad_id,
+                    devices,
+                    &trainable,
+                    valid,
+                ),
+            };
+            outcome.map(|o| Trained {
+                last: o.model.decoder.valid(),
+                history: o.history,
+                resumed_from: o.resumed_from,
+                stopped_early: o.stopped_early,
+                elapsed_seconds: o.elapsed_seconds,
+                best: None,
+            })
+        }
+        Trainer::Learner => learn_lm::<B>(model, run, &data, options, keep_best, devices),
     };
     control.monitor.finish();
-    let outcome = outcome?;
+    let trained = trained?;
     let seconds = start.elapsed().as_secs_f64();
-    let steps_here = outcome.history.len() - outcome.resumed_from;
+    let done = trained.history.last().map_or(0, |r| r.step);
+    let steps_here = done - trained.resumed_from;
     let per_step = data.train_tokens() as f64 / run.train.steps_per_epoch(data.train.len()) as f64;
     let result_dir = out.join(if adapter.is_some() {
         ADAPTER_DIR
@@ -1020,36 +1082,118 @@ pub fn train<B: Backend>(
         train_examples: data.train.len(),
         valid_examples: data.valid.len(),
         examples_without_targets: data.without_targets,
-        steps: outcome.history.last().map_or(0, |r| r.step),
+        steps: done,
         run_steps,
-        resumed_from: outcome.resumed_from,
-        stopped_early: outcome.stopped_early,
-        last_loss: outcome.history.last().map(|r| r.loss),
+        resumed_from: trained.resumed_from,
+        stopped_early: trained.stopped_early,
+        last_loss: trained.history.last().map(|r| r.loss),
         kept_step: None,
         kept_valid_loss: None,
         tokens_per_second: per_step * steps_here as f64 / seconds.max(1e-9),
-        train_seconds: outcome.elapsed_seconds,
+        train_seconds: trained.elapsed_seconds,
         result_dir: result_dir.clone(),
     };
-    if outcome.stopped_early {
+    if trained.stopped_early {
         return Ok(report);
     }
     let best = keep_best.then(|| read_best(&best_dir)).flatten();
-    match best {
-        Some(best) => {
+    match (trained.best, best) {
+        (Some((step, valid_loss, model)), _) => {
+            save_result(&model, step, &result_dir, None)?;
+            report.kept_step = Some(step);
+            report.kept_valid_loss = Some(valid_loss);
+        }
+        (None, Some(best)) => {
             copy_dir(&best_dir, &result_dir, &[BEST_FILE])?;
             report.kept_step = Some(best.step);
             report.kept_valid_loss = Some(best.valid_loss);
         }
-        None => {
-            let trained = outcome.model.decoder.valid();
-            save_result(&trained, report.steps, &result_dir, None)?;
-            report.kept_step = outcome.history.last().map(|r| r.step);
-            report.kept_valid_loss = last_valid(&outcome.history);
+        (None, None) => {
+            save_result(&trained.last, report.steps, &result_dir, None)?;
+            report.kept_step = trained.history.last().map(|r| r.step);
+            report.kept_valid_loss = last_valid(&trained.history);
         }
     }
     write_json(&out.join(TRAIN_REPORT_FILE), &report)?;
     Ok(report)
+}
+
+/// What training left, whichever loop ran it.
+struct Trained<B: Backend> {
+    /// The model after the last step.
+    last: Decoder<B>,
+    /// Every optimizer step, those before a resume included.
+    history: Vec<StepRecord>,
+    resumed_from: usize,
+    stopped_early: bool,
+    elapsed_seconds: f64,
+    /// The Learner's best window: its step, validation loss and model.
+    best: Option<(usize, f64, Decoder<B>)>,
+}
+
+/// `ipa train --trainer learner`: the same run through burn-train's `Learner`
+/// ([`crate::train::learner::learn`]), in windows of `--checkpoint-every` steps; the best
+/// validation's adapters come back from its checkpoint.
+fn learn_lm<B: Backend>(
+    model: Decoder<B>,
+    run: &TrainRun,
+    data: &InstructData,
+    options: RunOptions,
+    keep_best: bool,
+    devices: &[B::Device],
+) -> Result<Trained<B>> {
+    type AB<B> = Autodiff<B>;
+    let out = options
+        .out_dir
+        .clone()
+        .ok_or_else(|| Error::Config("the Learner needs an output folder".into()))?;
+    let mut settings = LearnerSettings::from_train_config(&run.train, data.train.len(), &out)?;
+    settings.keep = if keep_best && !data.valid.is_empty() {
+        KeepBest::LowestLoss
+    } else {
+        KeepBest::Last
+    };
+    settings.resume = options.resume;
+    settings.fingerprint = options.fingerprint;
+    settings.monitor = options.monitor;
+    settings.stop_after = options.stop_after;
+    let model = trainable_lm::<AB<B>>(model, &Trainable::Adapters);
+    let valid_examples = Arc::new(data.valid.clone());
+    let micro = run.train.micro_batch_size;
+    let pad_id = data.pad_id;
+    let valid = ValidSet {
+        batches: valid_examples.len().div_ceil(micro),
+        make: Arc::new(move |i: usize, device: &B::Device| {
+            let end = ((i + 1) * micro).min(valid_examples.len());
+            Ok(lm_batch::<B>(
+                &valid_examples[i * micro..end],
+                pad_id,
+                device,
+            ))
+        }),
+    };
+    let outcome = learn::<AB<B>, CausalLm<AB<B>>, TokenizedExample>(
+        model,
+        Arc::new(data.train.clone()),
+        Arc::new(LmBatcher { pad_id }),
+        valid,
+        &settings,
+        devices,
+    )?;
+    Ok(Trained {
+        last: outcome.model.inner.decoder.clone(),
+        history: outcome.log.history.clone(),
+        resumed_from: outcome.resumed_from,
+        stopped_early: outcome.stopped_early,
+        elapsed_seconds: outcome.elapsed_seconds,
+        best: outcome.best.map(|(w, m)| {
+            (
+                w.step,
+                w.valid_loss.unwrap_or(f64::NAN),
+                m.into_inner().decoder,
+            )
+        }),
+    })
 }
 
 /// The validation loss of the last step, if it ran one.

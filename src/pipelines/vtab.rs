@@ -14,6 +14,11 @@
 //!   `report.json` (one entry per evaluation, with the best), `best_adapter/` and the loop's
 //!   `checkpoints/`.
 //!
+//! With [`VtabRunConfig::trainer`] = [`Trainer::Learner`], burn-train's Learner trains
+//! instead ([`crate::train::learner`]): one burn-train epoch per evaluation interval, the
+//! evaluation split as its validation, its checkpoints (the adapters only) in `learner/`, and
+//! the best evaluation's adapters restored from their checkpoint into `best_adapter/`.
+//!
 //! Training by intervals is exact: each interval is a call of the loop with `max_steps` at
 //! the interval's end that resumes from the checkpoint the previous call left, and the loop's
 //! resume reproduces an uninterrupted run (same data order, dropout masks, schedule and
@@ -22,6 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::backend::Autodiff;
 use burn::data::dataloader::batcher::Batcher;
@@ -30,17 +36,19 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use super::out_dir::{Existing, OutDir};
+use super::trainer::{resumable, Trainer};
 use crate::adapter::{
     load_adapter, read_adapter_config, save_adapter, write_atomic, AdapterConfig, AdapterMethod,
     ProjectorInit, Scaling,
 };
-use crate::data::vtab::{VtabBatcher, VtabDataset, VtabImage, VtabSplit};
+use crate::data::vtab::{VtabBatcher, VtabDataset, VtabImage, VtabImages, VtabSplit};
 use crate::fit::{siglip_fit_pass, FitPassConfig};
 use crate::models::siglip::{
     attach_vision_adapters, check_vision_targets, load_siglip, siglip_site_of, SiglipModel,
 };
 use crate::models::tokenizer::Tokenizer;
 use crate::projector::FitAlgorithm;
+use crate::train::learner::{learn, KeepBest, LearnerSettings, ValidSet};
 use crate::train::monitor::progress_bar;
 use crate::train::{
     class_prompt_ids, evaluate_vtab, latest_checkpoint, train, Monitor, RunMetric, RunOptions,
@@ -122,6 +130,11 @@ pub struct VtabRunConfig {
     pub text_len: usize,
     /// Folder with the tokenizer (`tokenizer.json`); `None`: the model folder.
     pub tokenizer: Option<PathBuf>,
+    /// Which loop trains: the step loop (trained one evaluation interval at a time) or
+    /// burn-train's Learner (one burn-train epoch per evaluation interval, the evaluation
+    /// split as its validation).
+    #[serde(default, skip_serializing_if = "Trainer::is_loop")]
+    pub trainer: Trainer,
 }
 
 impl VtabRunConfig {
@@ -163,6 +176,7 @@ impl VtabRunConfig {
             eval_batch_size: 64,
             text_len: 64,
             tokenizer: None,
+            trainer: Trainer::Loop,
         }
     }
 
@@ -245,6 +259,14 @@ impl VtabRunConfig {
         }
         if self.text_len == 0 {
             return Err(Error::Config("text_len must be at least 1".into()));
+        }
+        if self.trainer == Trainer::Learner && self.train.checkpoint_every > 0 {
+            return Err(Error::Config(format!(
+                "--checkpoint-every {}: --trainer learner checkpoints at the end of each \
+                 evaluation interval (its burn-train epochs); use --trainer loop to checkpoint \
+                 between evaluations",
+                self.train.checkpoint_every
+            )));
         }
         Ok(())
     }
@@ -455,7 +477,8 @@ pub fn run_vtab_with<B: Backend>(
     }
 
     let per_epoch = config.train.steps_per_epoch(train_set.items().len());
-    let resume_from = if options.existing == Existing::Resume {
+    let resuming = options.existing == Existing::Resume && resumable(out_dir, config.trainer)?;
+    let resume_from = if resuming && config.trainer == Trainer::Loop {
         latest_checkpoint(out_dir)?
     } else {
         None
@@ -497,7 +520,7 @@ pub fn run_vtab_with<B: Backend>(
     write_json(&out_dir.join(VTAB_CONFIG_FILE), &resolved)?;
 
     let images = train_set.preload(image_size)?;
-    let adapted = if resume_from.is_some() {
+    let adapted = if resuming {
         // The checkpoint holds every adapter tensor, the fitted projectors included.
         attach_vision_adapters(&mut model, &config.targets, None, &adapter, |_| {
             ProjectorInit::Zeros
@@ -551,6 +574,36 @@ pub fn run_vtab_with<B: Backend>(
         best: best_of(&evaluations),
         evaluations,
     };
+    if config.trainer == Trainer::Learner {
+        learn_vtab::<B>(
+            classifier,
+            config,
+            &images,
+            &eval_set,
+            LearnerSettings {
+                train: config.train.clone(),
+                window_steps: if config.eval_every > 0 {
+                    config.eval_every * per_epoch
+                } else {
+                    config.train.run_steps(n)
+                },
+                valid_steps: config.eval_steps(n).into_iter().collect(),
+                keep: KeepBest::HighestAccuracy,
+                classifies: true,
+                out_dir: out_dir.to_path_buf(),
+                resume: resuming,
+                fingerprint,
+                monitor: options.monitor.clone(),
+                stop_after: None,
+            },
+            model_dir,
+            &mut report,
+            device,
+        )?;
+        write_eval_csv(&out_dir.join(EVAL_CSV_FILE), &report.evaluations)?;
+        write_json(&out_dir.join(REPORT_FILE), &report)?;
+        return Ok(report);
+    }
     for (i, &target) in config.eval_steps(n).iter().enumerate() {
         if report.evaluations.iter().any(|e| e.step == target) {
             continue;
@@ -655,6 +708,94 @@ pub fn run_vtab_with<B: Backend>(
     write_eval_csv(&out_dir.join(EVAL_CSV_FILE), &report.evaluations)?;
     write_json(&out_dir.join(REPORT_FILE), &report)?;
     Ok(report)
+}
+
+/// `ipa vtab --trainer learner`: the run through burn-train's Learner, one burn-train epoch
+/// per evaluation interval, the evaluation split as its validation; fills `report` with the
+/// evaluations (those before a resume included) and writes the best one's adapter.
+#[allow(clippy::too_many_arguments)]
+fn learn_vtab<B: Backend>(
+    classifier: SiglipClassifier<Autodiff<B>>,
+    config: &VtabRunConfig,
+    images: &VtabImages,
+    eval_set: &VtabDataset,
+    settings: LearnerSettings,
+    model_dir: &Path,
+    report: &mut VtabReport,
+    device: &B::Device,
+) -> Result<()> {
+    let n = images.images().len();
+    let per_epoch = config.train.steps_per_epoch(n);
+    let image_size = images.image_size();
+    let eval = Arc::new(eval_set.clone());
+    let batch_size = config.eval_batch_size;
+    let valid = ValidSet {
+        batches: eval.items().len().div_ceil(batch_size),
+        make: Arc::new(move |i: usize, device: &B::Device| {
+            eval.batch::<B>(i, image_size, batch_size, device)
+                .map_err(|e| e.to_string())
+        }),
+    };
+    let outcome = learn::<Autodiff<B>, SiglipClassifier<Autodiff<B>>, VtabImage>(
+        classifier,
+        Arc::new(images.images().to_vec()),
+        Arc::new(VtabBatcher),
+        valid,
+        &settings,
+        std::slice::from_ref(device),
+    )?;
+    let done_before = report.evaluations.len();
+    report.evaluations = outcome
+        .log
+        .windows
+        .iter()
+        .filter_map(|w| {
+            let (correct, total) = w.valid_correct?;
+            Some(VtabEval {
+                epoch: w.step as f64 / per_epoch as f64,
+                step: w.step,
+                correct,
+                total,
+                accuracy: correct as f64 / total.max(1) as f64,
+            })
+        })
+        .collect();
+    report.best = best_of(&report.evaluations);
+    report.steps = outcome.steps();
+    report.final_loss = outcome.log.history.last().map(|r| r.loss);
+    if let Some((window, model)) = &outcome.best {
+        let eval = report
+            .best
+            .clone()
+            .filter(|b| b.step == window.step)
+            .ok_or_else(|| Error::State("the best window has no evaluation".into()))?;
+        let metadata = BTreeMap::from([
+            ("base_model".to_string(), model_dir.display().to_string()),
+            ("task".to_string(), config.task.clone()),
+            ("step".to_string(), eval.step.to_string()),
+            ("epoch".to_string(), eval.epoch.to_string()),
+            ("accuracy".to_string(), eval.accuracy.to_string()),
+        ]);
+        save_adapter(
+            &model.inner.model,
+            &config.adapter(),
+            metadata,
+            &settings.out_dir.join(BEST_ADAPTER_DIR),
+        )?;
+    }
+    if settings.monitor.shows_bars() {
+        for e in report.evaluations.iter().skip(done_before) {
+            eprintln!(
+                "epoch {}: {} accuracy {:.2}% ({}/{})",
+                e.epoch,
+                config.eval_split,
+                100.0 * e.accuracy,
+                e.correct,
+                e.total
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The earliest evaluation of highest accuracy.

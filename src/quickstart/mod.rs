@@ -356,6 +356,7 @@ pub fn run_quickstart<B: Backend>(
             },
             train: config.train.clone(),
             keep: Keep::Last,
+            trainer: Default::default(),
         };
         let report = instruct::train::<B>(&run, &dir, &control, std::slice::from_ref(device))?;
         let eval = instruct::evaluate::<B>(

@@ -132,6 +132,9 @@ impl StepOutput for LmOutput {
     fn items(&self) -> usize {
         self.items
     }
+    fn loss_weight(&self) -> usize {
+        self.tokens
+    }
 }
 
 impl ItemLazy for LmOutput {

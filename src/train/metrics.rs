@@ -10,6 +10,11 @@ pub trait StepOutput {
     fn loss(&self) -> f64;
     /// Number of items (sequences, images) in the batch, used to weight averages.
     fn items(&self) -> usize;
+    /// How many units the loss is a mean over (the labelled tokens of a causal LM; the items
+    /// otherwise): the weight of the batch in a validation's mean loss.
+    fn loss_weight(&self) -> usize {
+        self.items()
+    }
     /// `(correct, total)` predictions, for tasks that classify.
     fn correct(&self) -> Option<(usize, usize)> {
         None

@@ -1,10 +1,12 @@
 //! Fine-tuning: the training tasks (causal-LM instruction tuning, SigLIP classification), the
-//! learning-rate schedule, and a step-driven loop with step-level checkpoints and exact resume.
+//! learning-rate schedule, a step-driven loop with step-level checkpoints and exact resume
+//! ([`trainer`]), and the same runs through burn-train's `Learner` ([`learner`]).
 
 pub mod causal_lm;
 pub mod checkpoint;
 pub mod fingerprint;
 pub mod grad_norm;
+pub mod learner;
 mod metrics;
 pub mod monitor;
 pub mod schedule;
@@ -24,6 +26,6 @@ pub use siglip_classification::{
     SiglipClassifier,
 };
 pub use trainer::{
-    epoch_order, train, train_on_devices, train_with_hook, BeforeMicroBatch, MakeBatch, RunOptions,
-    TrainConfig, TrainOutcome, Validation,
+    epoch_order, micro_batch_seed, step_examples, train, train_on_devices, train_with_hook,
+    BeforeMicroBatch, MakeBatch, RunOptions, TrainConfig, TrainOutcome, Validation,
 };

@@ -87,7 +87,8 @@ impl RunMetric {
     }
 }
 
-type SharedRenderer = Arc<Mutex<Box<dyn MetricsRenderer>>>;
+/// A renderer shared between the monitor's clones.
+pub(crate) type SharedRenderer = Arc<Mutex<Box<dyn MetricsRenderer>>>;
 
 /// Where a run's progress goes: see the module documentation. Cloning shares the display, so
 /// one monitor can follow several calls of the training loop (VTAB trains between
@@ -203,6 +204,16 @@ impl Monitor {
     /// Asks the run to stop after its current step (as the dashboard's "stop" does).
     pub fn request_stop(&self) {
         self.interrupter.stop(Some("stop requested"));
+    }
+
+    /// The stop handle runs share (a Learner run stops through it).
+    pub(crate) fn interrupter(&self) -> Interrupter {
+        self.interrupter.clone()
+    }
+
+    /// The renderer (a dashboard), if the monitor has one.
+    pub(crate) fn shared_renderer(&self) -> Option<SharedRenderer> {
+        self.renderer.clone()
     }
 
     /// Whether a stop was requested.

@@ -180,6 +180,29 @@ pub struct TrainOutcome<M> {
     pub elapsed_seconds: f64,
 }
 
+/// Where optimizer step `step` (0-based) reads its examples: its epoch and the range of that
+/// epoch's order ([`epoch_order`]) it takes, cut into micro-batches of
+/// `config.micro_batch_size`. Shared by the step loop and the Learner's data loader, so both
+/// see the same examples in the same micro-batches.
+pub fn step_examples(
+    n: usize,
+    config: &TrainConfig,
+    step: usize,
+) -> (usize, std::ops::Range<usize>) {
+    let steps_per_epoch = config.steps_per_epoch(n);
+    let epoch = step / steps_per_epoch;
+    let begin = (step % steps_per_epoch) * config.batch_size;
+    (epoch, begin..(begin + config.batch_size).min(n))
+}
+
+/// The seed of micro-batch `micro` of optimizer step `step` (both 0-based): dropout draws
+/// depend only on (seed, step, micro-batch), so a resumed run sees the same masks as an
+/// uninterrupted one, whichever loop runs it.
+pub fn micro_batch_seed(config: &TrainConfig, step: usize, micro: usize) -> u64 {
+    config.seed
+        ^ ((step * config.accumulation() + micro) as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)
+}
+
 /// The order examples are seen in epoch `epoch`: a permutation seeded by the run's seed.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
@@ -489,21 +512,12 @@ where
     let steps_per_epoch = config.steps_per_epoch(n);
     let mut step = start;
     while step < run_steps {
-        let epoch = step / steps_per_epoch;
+        let (epoch, range) = step_examples(n, config, step);
         let order = epoch_order(n, config.seed, epoch);
-        let in_epoch = step % steps_per_epoch;
-        let begin = in_epoch * config.batch_size;
-        let end = (begin + config.batch_size).min(n);
         let mut accumulator = GradientsAccumulator::<M>::new();
         let (mut loss_sum, mut weight) = (0.0, 0usize);
         let (mut correct, mut judged) = (0usize, 0usize);
-        // Dropout draws depend only on (seed, step, micro-batch): a resumed run sees the
-        // same masks as an uninterrupted one.
-        let seed_of = |micro: usize| {
-            config.seed
-                ^ ((step * config.accumulation() + micro) as u64 + 1)
-                    .wrapping_mul(0xA24B_AED4_963E_E407)
-        };
+        let seed_of = |micro: usize| micro_batch_seed(config, step, micro);
         let mut record = |item: &M::Output| -> Result<()> {
             if !item.loss().is_finite() {
                 return Err(Error::NonFinite(format!(
@@ -520,7 +534,7 @@ where
             }
             Ok(())
         };
-        let micro: Vec<(usize, Vec<&I>)> = order[begin..end]
+        let micro: Vec<(usize, Vec<&I>)> = order[range]
             .chunks(config.micro_batch_size)
             .map(|chunk| chunk.iter().map(|&i| &items[i]).collect())
             .enumerate()
@@ -637,7 +651,7 @@ fn metrics_line(r: &StepRecord) -> String {
     )
 }
 
-fn append_metrics_line(out_dir: &Path, record: &StepRecord) -> Result<()> {
+pub(crate) fn append_metrics_line(out_dir: &Path, record: &StepRecord) -> Result<()> {
     use std::io::Write;
     let path = out_dir.join("metrics.csv");
     std::fs::OpenOptions::new()
