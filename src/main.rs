@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use burn_ipa::backend::run_on;
 use burn_ipa::bench::{FitBench, ForwardBench};
-use burn_ipa::projector::{FitAlgorithm, GhaConfig};
+use burn_ipa::projector::FitAlgorithm;
 use clap::{Parser, Subcommand};
 use cli::BackendArgs;
 
@@ -244,10 +244,7 @@ fn run(cli: Cli) -> burn_ipa::Result<ExitCode> {
         } => {
             let algorithms = algorithms
                 .iter()
-                .map(|name| match name.as_str() {
-                    "gha" => Ok(FitAlgorithm::Gha(GhaConfig::default())),
-                    other => FitAlgorithm::from_name(other),
-                })
+                .map(|name| FitAlgorithm::from_name(name))
                 .collect::<burn_ipa::Result<Vec<_>>>()?;
             let job = FitBench {
                 widths,

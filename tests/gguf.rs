@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use burn::module::Param;
-use burn::tensor::{Distribution, Tensor};
-use burn_ipa::adapter::{save_adapter, AdapterConfig, ProjectorInit};
+use burn_ipa::adapter::save_adapter;
 use burn_ipa::models::config::DecoderConfig;
 use burn_ipa::models::generate::{generate, GenerationConfig};
 use burn_ipa::models::gguf::dequant::{dequantize, GgmlType};
@@ -316,29 +314,6 @@ fn bad_files_are_clear_errors() {
     assert!(e.contains("no such model folder or GGUF file"), "{e}");
 }
 
-/// Attaches an IPA adapter with random `B` to q/v/down of every layer.
-fn attach_random_adapter(model: &mut burn_ipa::models::Decoder<B>) -> AdapterConfig {
-    use burn::tensor::backend::Backend;
-    // Seeded and large: the update must move the tiny model's greedy continuation every time.
-    B::seed(&Default::default(), 11);
-    let config = AdapterConfig::ipa(4);
-    let targets: Vec<String> = ["q_proj", "v_proj", "down_proj"].map(String::from).into();
-    model
-        .attach_adapters(&targets, None, &config, |_| ProjectorInit::KaimingUniform)
-        .unwrap();
-    for (_, linear) in model.linears_mut() {
-        if let Some(a) = linear.adapter.as_mut() {
-            let dims = a.up.val().shape().dims::<2>();
-            a.up = Param::from_tensor(Tensor::random(
-                dims,
-                Distribution::Normal(0.0, 1.0),
-                &Default::default(),
-            ));
-        }
-    }
-    config
-}
-
 fn run_ipa(args: &[&std::ffi::OsStr]) -> (String, String) {
     let out = ipa().args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -419,7 +394,7 @@ fn generate_flags_on_a_gguf_file() {
     assert!(err.contains("[2/2] xyz"), "{err}");
 
     // --adapter: the adapted model's continuation, not the base's.
-    let adapter_config = attach_random_adapter(&mut model);
+    let adapter_config = attach_random_adapter(&mut model, 1.0, 11);
     let adapter = tmp.join("adapter");
     save_adapter(&model, &adapter_config, BTreeMap::new(), &adapter).unwrap();
     let adapted = generate(&model, &[tokenizer.encode("abcd", true).unwrap()], &config).unwrap();
@@ -470,7 +445,7 @@ fn merge_and_export_from_a_gguf_file() {
     w.meta("general.organization", MetaValue::Str("tinyorg".into()));
     w.write(&path);
     let mut model = load_decoder::<B>(&path, &Default::default()).unwrap();
-    let config = attach_random_adapter(&mut model);
+    let config = attach_random_adapter(&mut model, 1.0, 11);
     let adapter = tmp.join("adapter");
     save_adapter(&model, &config, BTreeMap::new(), &adapter).unwrap();
     let expected = fixture("models/llama2/expected.json");

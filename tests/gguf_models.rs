@@ -13,9 +13,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use burn::module::Param;
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use burn_ipa::adapter::{AdapterConfig, ProjectorInit};
+use burn::tensor::{Int, Tensor, TensorData};
 use burn_ipa::export::export_merged_standalone;
 use burn_ipa::models::chat::{render_chat, ChatMessage};
 use burn_ipa::models::generate::{generate, GenerationConfig};
@@ -276,7 +274,7 @@ fn smollm2_matches_hf_transformers() {
         "HuggingFaceTB/SmolLM2-135M-Instruct"
     );
 
-    with_adapter(&mut model);
+    attach_random_adapter(&mut model, 0.05, 11);
     let prompt = ids_of(&want["logits"][0]["ids"]);
     let adapted = last_logits(&model, &prompt);
     let tmp = temp_dir("gguf-smollm2-merge");
@@ -331,24 +329,4 @@ fn ipa(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Attaches an IPA adapter with random `B` to q/v/down of every layer.
-fn with_adapter(model: &mut Decoder<B>) -> AdapterConfig {
-    let config = AdapterConfig::ipa(4);
-    let targets: Vec<String> = ["q_proj", "v_proj", "down_proj"].map(String::from).into();
-    model
-        .attach_adapters(&targets, None, &config, |_| ProjectorInit::KaimingUniform)
-        .unwrap();
-    for (_, linear) in model.linears_mut() {
-        if let Some(a) = linear.adapter.as_mut() {
-            let dims = a.up.val().shape().dims::<2>();
-            a.up = Param::from_tensor(Tensor::random(
-                dims,
-                Distribution::Normal(0.0, 0.05),
-                &Default::default(),
-            ));
-        }
-    }
-    config
 }

@@ -390,3 +390,32 @@ pub fn with_flags(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
     }
     args
 }
+
+/// Attaches an IPA adapter of rank 4 to q/v/down of every layer with a random `B` drawn from
+/// N(0, std²) after seeding the backend: a non-zero update whose effect tests can see.
+pub fn attach_random_adapter(
+    model: &mut burn_ipa::models::Decoder<TestBackend>,
+    std: f64,
+    seed: u64,
+) -> burn_ipa::adapter::AdapterConfig {
+    use burn::module::Param;
+    use burn::tensor::Distribution;
+    use burn_ipa::adapter::{AdapterConfig, ProjectorInit};
+    TestBackend::seed(&Default::default(), seed);
+    let config = AdapterConfig::ipa(4);
+    let targets: Vec<String> = ["q_proj", "v_proj", "down_proj"].map(String::from).into();
+    model
+        .attach_adapters(&targets, None, &config, |_| ProjectorInit::KaimingUniform)
+        .unwrap();
+    for (_, linear) in model.linears_mut() {
+        if let Some(a) = linear.adapter.as_mut() {
+            let dims = a.up.val().shape().dims::<2>();
+            a.up = Param::from_tensor(Tensor::random(
+                dims,
+                Distribution::Normal(0.0, std),
+                &Default::default(),
+            ));
+        }
+    }
+    config
+}
