@@ -1,6 +1,6 @@
-//! Picking a compute backend at run time: one binary, `--backend ndarray|wgpu|cuda`.
+//! Picking a compute backend at run time: one binary, `--backend flex|ndarray|wgpu|cuda`.
 //!
-//! Each backend is a cargo feature (`ndarray` default, `wgpu`, `cuda`); a run names one with
+//! Each backend is a cargo feature (`flex` and `ndarray` by default, `wgpu`, `cuda`); a run names one with
 //! [`BackendKind`] and hands a [`BackendJob`] to [`run_on`], which instantiates the job's
 //! generic body for that backend.
 
@@ -13,7 +13,9 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
-    /// CPU, pure Rust (feature `ndarray`, the default).
+    /// CPU, pure Rust, SIMD kernels and multi-threaded GEMM; bf16 capable (feature `flex`).
+    Flex,
+    /// CPU, pure Rust, burn's legacy CPU backend (feature `ndarray`).
     Ndarray,
     /// Any GPU through WebGPU: Vulkan, Metal, DX12 (feature `wgpu`).
     Wgpu,
@@ -25,6 +27,9 @@ impl BackendKind {
     /// The backends compiled into this build.
     pub fn available() -> Vec<BackendKind> {
         let mut v = Vec::new();
+        if cfg!(feature = "flex") {
+            v.push(BackendKind::Flex);
+        }
         if cfg!(feature = "ndarray") {
             v.push(BackendKind::Ndarray);
         }
@@ -40,6 +45,7 @@ impl BackendKind {
     /// The lowercase name.
     pub fn name(&self) -> &'static str {
         match self {
+            BackendKind::Flex => "flex",
             BackendKind::Ndarray => "ndarray",
             BackendKind::Wgpu => "wgpu",
             BackendKind::Cuda => "cuda",
@@ -116,6 +122,19 @@ fn run_checked<B: Backend, J: BackendJob>(
 #[allow(unused_variables)]
 pub fn run_on<J: BackendJob>(kind: BackendKind, device_index: usize, job: J) -> Result<J::Output> {
     match kind {
+        BackendKind::Flex => {
+            #[cfg(feature = "flex")]
+            {
+                return run_checked::<burn::backend::Flex, J>(
+                    job,
+                    Default::default(),
+                    device_index,
+                    "flex",
+                );
+            }
+            #[allow(unreachable_code)]
+            Err(not_built(kind))
+        }
         BackendKind::Ndarray => {
             #[cfg(feature = "ndarray")]
             {

@@ -1,5 +1,6 @@
 //! Shared test helpers. The backend under test is ndarray by default; build the tests with
-//! `--features test-wgpu` or `--features test-cuda` to run the same bodies on a GPU.
+//! `--features test-flex` to run the same bodies on burn-flex, `--features test-wgpu` or
+//! `--features test-cuda` to run them on a GPU.
 #![allow(dead_code)]
 
 pub mod gguf_writer;
@@ -11,7 +12,12 @@ use burn::tensor::{Tensor, TensorData};
 pub type TestBackend = burn::backend::Cuda;
 #[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
 pub type TestBackend = burn::backend::Wgpu;
-#[cfg(not(any(feature = "test-wgpu", feature = "test-cuda")))]
+#[cfg(all(
+    feature = "test-flex",
+    not(any(feature = "test-wgpu", feature = "test-cuda"))
+))]
+pub type TestBackend = burn::backend::Flex;
+#[cfg(not(any(feature = "test-flex", feature = "test-wgpu", feature = "test-cuda")))]
 pub type TestBackend = burn::backend::NdArray<f32>;
 
 /// f64 CPU backend for checks that need more than f32 precision.
