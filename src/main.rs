@@ -1,13 +1,8 @@
 //! `ipa`: the burn-ipa command-line tool.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use burn_ipa::backend::run_on;
-use burn_ipa::bench::{FitBench, ForwardBench};
-use burn_ipa::projector::FitAlgorithm;
 use clap::{Parser, Subcommand};
-use cli::BackendArgs;
 
 mod cli;
 
@@ -112,62 +107,10 @@ enum Command {
     /// Prints LoRA/IPA with the projector frozen (✗) and trained (✓), plain and with DoRA.
     /// LoRA and IPA have the same shapes; only how P is obtained differs.
     Params(cli::params::ParamsCmd),
-    /// Measure speed: `ipa bench fit` times the projector-fit algorithms.
-    Bench {
-        #[command(subcommand)]
-        what: BenchCommand,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum BenchCommand {
-    /// Fit throughput (tokens/s) of each algorithm on synthetic activations.
-    Fit {
-        #[command(flatten)]
-        backend: BackendArgs,
-        /// Input widths (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "4096,14336")]
-        widths: Vec<usize>,
-        /// Projector rank.
-        #[arg(long, default_value_t = 32)]
-        rank: usize,
-        /// Rows (tokens) per batch.
-        #[arg(long, default_value_t = 4096)]
-        batch_tokens: usize,
-        /// Batches to time per algorithm, after one warm-up batch.
-        #[arg(long, default_value_t = 5)]
-        batches: usize,
-        /// Stop timing an algorithm after this many seconds (one batch at least).
-        #[arg(long, default_value_t = 60.0)]
-        max_seconds: f64,
-        /// Algorithms (comma-separated): ipca, rsvd, gha, covariance.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "rsvd,gha,covariance,ipca"
-        )]
-        algorithms: Vec<String>,
-        /// Also write the rows as JSON to this file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
-    /// Decoder forward throughput (tokens/s) of random Llama-architecture models.
-    Forward {
-        #[command(flatten)]
-        backend: BackendArgs,
-        /// Model sizes (comma-separated): tiny, 100m.
-        #[arg(long, value_delimiter = ',', default_value = "tiny,100m")]
-        sizes: Vec<String>,
-        /// Sequences per batch.
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        /// Tokens per sequence.
-        #[arg(long, default_value_t = 128)]
-        seq: usize,
-        /// Timed forward passes.
-        #[arg(long, default_value_t = 5)]
-        iters: usize,
-    },
+    /// Measure speed and memory: training steps, the fit pass, the fit algorithms, the
+    /// forward (`benches/torch_reference.py` runs the same settings in PyTorch).
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCmd),
 }
 
 fn main() -> ExitCode {
@@ -197,88 +140,6 @@ fn run(cli: Cli) -> burn_ipa::Result<ExitCode> {
         Command::Params(cmd) => cmd.run(),
         Command::WordnetTasks(cmd) => cmd.run(),
         Command::Report(cmd) => cmd.run(),
-        Command::Bench {
-            what:
-                BenchCommand::Forward {
-                    backend,
-                    sizes,
-                    batch,
-                    seq,
-                    iters,
-                },
-        } => {
-            let job = ForwardBench {
-                sizes,
-                batch,
-                seq,
-                iters: iters.max(1),
-            };
-            let rows = run_on(backend.backend, backend.device, job)?;
-            println!("| backend | model | params | dtype | tokens/pass | tokens/s |");
-            println!("|---|---|---|---|---|---|");
-            for r in &rows {
-                println!(
-                    "| {} | {} | {:.1}M | {} | {} | {:.0} |",
-                    r.backend,
-                    r.size,
-                    r.params as f64 / 1e6,
-                    r.dtype,
-                    r.tokens,
-                    r.tokens_per_second
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            what:
-                BenchCommand::Fit {
-                    backend,
-                    widths,
-                    rank,
-                    batch_tokens,
-                    batches,
-                    max_seconds,
-                    algorithms,
-                    json,
-                },
-        } => {
-            let algorithms = algorithms
-                .iter()
-                .map(|name| FitAlgorithm::from_name(name))
-                .collect::<burn_ipa::Result<Vec<_>>>()?;
-            let job = FitBench {
-                widths,
-                rank,
-                batch_tokens,
-                batches: batches.max(1),
-                max_seconds,
-                algorithms,
-            };
-            let rows = run_on(backend.backend, backend.device, job)?;
-            println!(
-                "| backend | algorithm | d | rank | batch | batches | tokens/s | s/batch | finish s |"
-            );
-            println!("|---|---|---|---|---|---|---|---|---|");
-            for r in &rows {
-                println!(
-                    "| {} | {} | {} | {} | {} | {} | {:.0} | {:.3} | {:.2} |",
-                    r.backend,
-                    r.algorithm,
-                    r.d,
-                    r.rank,
-                    r.batch_tokens,
-                    r.batches,
-                    r.tokens_per_second,
-                    r.seconds_per_batch,
-                    r.finish_seconds
-                );
-            }
-            if let Some(path) = json {
-                let text = serde_json::to_vec_pretty(&rows)
-                    .map_err(|e| burn_ipa::Error::file(&path, e))?;
-                burn_ipa::adapter::write_atomic(&path, &text)?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Bench(cmd) => cmd.run(),
     }
 }

@@ -158,11 +158,11 @@ fn flags_a_run_would_ignore_are_refused() {
     );
     ipa_err(
         &train_args(&ws, &out, &["--device", "5"]),
-        &["device 5", "ndarray"],
+        &["device 5", "flex"],
     );
     ipa_err(
         &train_args(&ws, &out, &["--devices", "0,9"]),
-        &["ordinal 9", "ndarray"],
+        &["ordinal 9", "flex"],
     );
     // None of these started a run.
     assert!(!out.join("checkpoints").exists());

@@ -13,7 +13,7 @@ use common::*;
 type B = TestBackend;
 
 fn model_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    common::source_root()
         .join("tests/fixtures/models")
         .join(name)
 }

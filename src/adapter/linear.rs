@@ -247,28 +247,31 @@ impl<B: Backend> AdaptedLinear<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let adapter = match &self.adapter {
             Some(a) if self.adapter_active() => a,
-            _ => return self.base.forward(x),
+            _ => {
+                let bias = self.base.bias.as_ref().map(|b| b.val());
+                return linear_2d(x, self.base.weight.val(), bias);
+            }
         };
         let w0 = self.base.weight.val();
         let bias = self.base.bias.as_ref().map(|b| b.val());
         let s = adapter.config.scale();
         let dropout_active = adapter.dropout.prob > 0.0 && B::ad_enabled(&x.device());
         let x_drop = adapter.dropout.forward(x.clone());
-        let residual = linear(
-            linear(x_drop.clone(), adapter.projector.val(), None),
+        let residual = linear_2d(
+            linear_2d(x_drop.clone(), adapter.projector.val(), None),
             adapter.up.val(),
             None,
         )
         .mul_scalar(s);
         match &adapter.magnitude {
-            None => linear(x, w0, bias) + residual,
+            None => linear_2d(x, w0, bias) + residual,
             Some(m) => {
                 let adapted = w0.clone() + adapter.delta_lowrank();
                 let scale = (m.val() / column_norm(adapted).detach()).unsqueeze::<D>();
-                let base_plain = linear(x.clone(), w0.clone(), None);
+                let base_plain = linear_2d(x.clone(), w0.clone(), None);
                 // With dropout, the DoRA correction sees the dropped input, as in HF peft.
                 let base_drop = if dropout_active {
-                    linear(x_drop, w0, None)
+                    linear_2d(x_drop, w0, None)
                 } else {
                     base_plain.clone()
                 };
@@ -405,4 +408,29 @@ fn check_projector_shape<B: Backend>(p: &Tensor<B, 2>, rank: usize, d_in: usize)
         return Err(Error::shape("projector P", [rank, d_in], dims));
     }
     Ok(())
+}
+
+/// `x·w (+ b)` with `x` folded to `[rows, d_in]` first: one GEMM against the weight as stored.
+/// Burn's batched `linear` broadcasts the weight over the leading axes, which runs one small
+/// GEMM per batch row, and its weight gradient is a batch of GEMMs summed afterwards. A plain
+/// 2-D matmul also keeps the input gradient `grad·wᵀ` on a transposed view of `w`, where
+/// `linear`'s backward reshapes the transposed weight and so copies every frozen weight
+/// matrix on every backward pass.
+fn linear_2d<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    if D == 1 {
+        return linear(x, w, bias);
+    }
+    let dims = x.shape().dims::<D>();
+    let rows: usize = dims[..D - 1].iter().product();
+    let mut y = x.reshape([rows, dims[D - 1]]).matmul(w);
+    if let Some(b) = bias {
+        y = y + b.unsqueeze::<2>();
+    }
+    let mut out = dims;
+    out[D - 1] = y.shape().dims::<2>()[1];
+    y.reshape(out)
 }

@@ -1,6 +1,7 @@
 //! The `ipa` subcommands: each one's clap `Args` struct is its job. They parse, call the
 //! library pipeline and print; they hold no logic of their own.
 
+pub mod bench;
 pub mod export;
 pub mod generate;
 pub mod instruct;
@@ -25,8 +26,9 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// Where to compute.
 #[derive(Args, Debug, Clone)]
 pub struct BackendArgs {
-    /// Compute backend (each must be compiled in: features ndarray, wgpu, cuda).
-    #[arg(long, value_enum, default_value = "ndarray")]
+    /// Compute backend (each must be compiled in: features flex, ndarray, wgpu, cuda). flex is
+    /// burn's own CPU backend and the faster one here; ndarray is burn's legacy CPU backend.
+    #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendKind,
     /// Device ordinal of the backend (GPUs; CPU backends have only device 0).
     #[arg(long, default_value_t = 0)]

@@ -52,7 +52,7 @@ impl QuickstartCmd {
     pub fn default_run() -> Self {
         Self {
             backend: BackendArgs {
-                backend: burn_ipa::backend::BackendKind::Ndarray,
+                backend: burn_ipa::backend::BackendKind::Flex,
                 device: 0,
                 bf16: false,
             },

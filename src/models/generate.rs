@@ -107,11 +107,6 @@ fn left_pad(prompts: &[Vec<u32>], pad: u32) -> (Vec<u32>, Vec<bool>, Vec<usize>,
     (ids, mask, positions, len)
 }
 
-fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
-    let [b, s, v] = logits.shape().dims();
-    logits.slice([0..b, s - 1..s, 0..v]).reshape([b, v])
-}
-
 fn greedy<B: Backend>(
     model: &Decoder<B>,
     prompts: &[Vec<u32>],
@@ -128,11 +123,11 @@ fn greedy<B: Backend>(
         position_ids: Some(positions),
     };
     let mut logits =
-        model.forward_cached(ids_tensor::<B>(&ids, rows, &device), &options, &mut cache)?;
+        model.forward_cached_last(ids_tensor::<B>(&ids, rows, &device), &options, &mut cache)?;
     let mut out = vec![Vec::new(); rows];
     let mut done = vec![false; rows];
     for _ in 0..config.max_new_tokens {
-        let next: Vec<i64> = last_logits(logits)
+        let next: Vec<i64> = logits
             .argmax(1)
             .into_data()
             .convert::<i64>()
@@ -161,8 +156,11 @@ fn greedy<B: Backend>(
             position_ids: Some(next_position.clone()),
         };
         next_position.iter_mut().for_each(|p| *p += 1);
-        logits =
-            model.forward_cached(ids_tensor::<B>(&step, rows, &device), &options, &mut cache)?;
+        logits = model.forward_cached_last(
+            ids_tensor::<B>(&step, rows, &device),
+            &options,
+            &mut cache,
+        )?;
     }
     Ok(out)
 }
@@ -181,8 +179,9 @@ fn beam_search<B: Backend>(
         attention_mask: None,
         position_ids: None,
     };
-    let logits = model.forward_cached(ids_tensor::<B>(prompt, 1, &device), &options, &mut cache)?;
-    let mut log_probs = download_vec(log_softmax(last_logits(logits), 1));
+    let logits =
+        model.forward_cached_last(ids_tensor::<B>(prompt, 1, &device), &options, &mut cache)?;
+    let mut log_probs = download_vec(log_softmax(logits, 1));
     let vocab = log_probs.len();
     // One live row at first; the cache is widened to k rows after the first step.
     let mut beams: Vec<(Vec<u32>, f64)> = vec![(Vec::new(), 0.0)];
@@ -243,12 +242,12 @@ fn beam_search<B: Backend>(
             attention_mask: Some(vec![true; tokens.len()]),
             position_ids: Some(vec![position; tokens.len()]),
         };
-        let logits = model.forward_cached(
+        let logits = model.forward_cached_last(
             ids_tensor::<B>(&tokens, tokens.len(), &device),
             &options,
             &mut cache,
         )?;
-        log_probs = download_vec(log_softmax(last_logits(logits), 1));
+        log_probs = download_vec(log_softmax(logits, 1));
         beams = next;
     }
     finished.extend(beams);

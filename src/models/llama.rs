@@ -176,13 +176,50 @@ impl<B: Backend> KvCache<B> {
 
 /// Per-call tensors shared by all layers: rotary tables and additive attention masks.
 struct StepContext<B: Backend> {
-    cos_global: Tensor<B, 4>,
-    sin_global: Tensor<B, 4>,
-    cos_local: Tensor<B, 4>,
-    sin_local: Tensor<B, 4>,
+    rope_global: RopeTables<B>,
+    rope_local: RopeTables<B>,
     mask_full: Tensor<B, 4>,
     mask_sliding: Tensor<B, 4>,
     query_keep: Vec<bool>,
+}
+
+/// Rotary tables at the full shapes of the queries and keys, `[batch, seq, heads, head_dim]`:
+/// elementwise products of equal shapes run on the CPU backends' contiguous fast path, where a
+/// broadcast table goes through strided indexing (the tables are the size of `q` and `k`).
+struct RopeTables<B: Backend> {
+    cos_q: Tensor<B, 4>,
+    sin_q: Tensor<B, 4>,
+    cos_k: Tensor<B, 4>,
+    sin_k: Tensor<B, 4>,
+}
+
+impl<B: Backend> RopeTables<B> {
+    fn new(
+        cos: &[f64],
+        sin: &[f64],
+        shape: [usize; 2],
+        heads: [usize; 2],
+        head_dim: usize,
+        device: &B::Device,
+    ) -> Self {
+        let [batch, seq] = shape;
+        let tile = |table: &[f64], h: usize| {
+            let mut out = Vec::with_capacity(batch * seq * h * head_dim);
+            for row in table.chunks(head_dim) {
+                for _ in 0..h {
+                    out.extend_from_slice(row);
+                }
+            }
+            upload_vec::<B, 4>(out, [batch, seq, h, head_dim], device)
+        };
+        let [nh, nkv] = heads;
+        Self {
+            cos_q: tile(cos, nh),
+            sin_q: tile(sin, nh),
+            cos_k: tile(cos, nkv),
+            sin_k: tile(sin, nkv),
+        }
+    }
 }
 
 /// Additive mask value for excluded keys: finite, so fully masked rows (left padding) stay
@@ -207,20 +244,23 @@ impl<B: Backend> Attention<B> {
             config.num_key_value_heads,
             config.head_dim,
         );
-        let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, hd]).swap_dims(1, 2);
+        // Heads are split as `[batch, seq, heads, head_dim]`, the linears' own layout, so the
+        // norms and rotary embedding run on contiguous data; one swap to `[batch, heads, ..]`
+        // follows.
+        let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, hd]);
         let mut q = split(self.q_proj.forward(x.clone()), nh);
         let mut k = split(self.k_proj.forward(x.clone()), nkv);
-        let v = split(self.v_proj.forward(x), nkv);
+        let v = split(self.v_proj.forward(x), nkv).swap_dims(1, 2);
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(q);
             k = kn.forward(k);
         }
-        let (cos, sin, mask) = match kind {
-            LayerKind::Full => (&ctx.cos_global, &ctx.sin_global, &ctx.mask_full),
-            LayerKind::Sliding => (&ctx.cos_local, &ctx.sin_local, &ctx.mask_sliding),
+        let (rope, mask) = match kind {
+            LayerKind::Full => (&ctx.rope_global, &ctx.mask_full),
+            LayerKind::Sliding => (&ctx.rope_local, &ctx.mask_sliding),
         };
-        let q = apply_rope(q, cos, sin);
-        let k = apply_rope(k, cos, sin);
+        let q = apply_rope(q, &rope.cos_q, &rope.sin_q).swap_dims(1, 2);
+        let k = apply_rope(k, &rope.cos_k, &rope.sin_k).swap_dims(1, 2);
         let (k, v) = match cache {
             Some(entry) => {
                 let k_all = if entry.0.shape().dims::<4>()[2] == 0 {
@@ -240,25 +280,27 @@ impl<B: Backend> Attention<B> {
         };
         let total = k.shape().dims::<4>()[2];
         let rep = nh / nkv;
-        let expand = |t: Tensor<B, 4>| {
-            if rep == 1 {
-                t
-            } else {
-                t.unsqueeze_dim::<5>(2)
-                    .expand([b, nkv, rep, total, hd])
-                    .reshape([b, nh, total, hd])
-            }
-        };
-        let (k, v) = (expand(k), expand(v));
         let dtype = q.dtype();
+        // Grouped-query attention without repeating K and V: the `rep` query heads that share
+        // a KV head are stacked along the sequence axis (`[b, nkv, rep·s, hd]`), so one batched
+        // matmul per KV head serves them all (HF's `repeat_kv` copies K and V `rep` times, and
+        // its backward sums the copies).
+        let q = q.reshape([b, nkv, rep * s, hd]);
         // Scores and softmax in f32, as HF's eager attention does for half types.
         let scores = q
             .cast(FloatDType::F32)
             .matmul(k.cast(FloatDType::F32).swap_dims(2, 3))
+            .reshape([b, nh, s, total])
             * config.attention_scale()
             + mask.clone();
-        let probs = softmax(scores, 3).cast(dtype);
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, s, nh * hd]);
+        let probs = softmax(scores, 3)
+            .cast(dtype)
+            .reshape([b, nkv, rep * s, total]);
+        let out = probs
+            .matmul(v)
+            .reshape([b, nh, s, hd])
+            .swap_dims(1, 2)
+            .reshape([b, s, nh * hd]);
         if let Some(tap) = tap_output {
             tap(
                 Site {
@@ -385,6 +427,23 @@ impl<B: Backend> Decoder<B> {
         Ok(self.logits(hidden))
     }
 
+    /// The next-token logits `[batch, vocab]` of the last position only, reading and extending
+    /// a KV cache: what decoding needs. The head (the largest matmul of a small model with a
+    /// large vocabulary) runs on one position per row instead of the whole prompt.
+    pub fn forward_cached_last(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        options: &ForwardOptions,
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 2>> {
+        let hidden = self.run(input_ids, options, Some(cache), None)?;
+        let [b, s, d] = hidden.shape().dims();
+        let last = hidden.slice([0..b, s - 1..s, 0..d]);
+        let logits = self.logits(last);
+        let vocab = logits.shape().dims::<3>()[2];
+        Ok(logits.reshape([b, vocab]))
+    }
+
     /// The final hidden states `[batch, seq, hidden]`, reporting the input of every distinct
     /// site to `tap` (with the padding mask) on the way.
     pub fn forward_tap(
@@ -445,6 +504,7 @@ impl<B: Backend> Decoder<B> {
             }
         }
         let hd = c.head_dim;
+        let heads = [c.num_attention_heads, c.num_key_value_heads];
         let upload4 = |v: Vec<f64>, shape: [usize; 4]| upload_vec::<B, 4>(v, shape, device);
         let (cg, sg) = rope_tables(&inverse_frequencies(hd, &c.rope), &positions, hd);
         let local = c.local_rope.as_ref().unwrap_or(&c.rope);
@@ -480,10 +540,8 @@ impl<B: Backend> Decoder<B> {
             }
         }
         Ok(StepContext {
-            cos_global: upload4(cg, [batch, 1, seq, hd]),
-            sin_global: upload4(sg, [batch, 1, seq, hd]),
-            cos_local: upload4(cl, [batch, 1, seq, hd]),
-            sin_local: upload4(sl, [batch, 1, seq, hd]),
+            rope_global: RopeTables::new(&cg, &sg, [batch, seq], heads, hd, device),
+            rope_local: RopeTables::new(&cl, &sl, [batch, seq], heads, hd, device),
             mask_full: upload4(full, [batch, 1, seq, total]).cast(FloatDType::F32),
             mask_sliding: upload4(sliding, [batch, 1, seq, total]).cast(FloatDType::F32),
             query_keep,

@@ -42,7 +42,11 @@ pub fn inverse_frequencies(head_dim: usize, rope: &RopeConfig) -> Vec<f64> {
     }
 }
 
-/// Row-major `[positions, head_dim]` cosine and sine tables for the given positions.
+/// Row-major `[positions, head_dim]` cosine and signed sine tables for the given positions.
+///
+/// The sine table's first half is negated, so that [`apply_rope`]'s `rotate_half` is a plain
+/// swap of the two halves: `rotate_half(x)·sin = swap(x)·sin_signed` with
+/// `swap([x1, x2]) = [x2, x1]` and `sin_signed = [−sin, sin]`.
 pub fn rope_tables(inv: &[f64], positions: &[usize], head_dim: usize) -> (Vec<f64>, Vec<f64>) {
     let half = inv.len();
     let mut cos = Vec::with_capacity(positions.len() * head_dim);
@@ -51,27 +55,27 @@ pub fn rope_tables(inv: &[f64], positions: &[usize], head_dim: usize) -> (Vec<f6
         for k in 0..head_dim {
             let angle = p as f64 * inv[k % half];
             cos.push(angle.cos());
-            sin.push(angle.sin());
+            sin.push(if k < half { -angle.sin() } else { angle.sin() });
         }
     }
     (cos, sin)
 }
 
-/// `x·cos + rotate_half(x)·sin` for `x` of shape `[batch, heads, seq, head_dim]` and tables
-/// broadcast as `[batch, 1, seq, head_dim]`.
+/// `x·cos + rotate_half(x)·sin` for `x` of shape `[batch, seq, heads, head_dim]` and tables
+/// from [`rope_tables`] of the same shape (or broadcastable to it).
 pub fn apply_rope<B: Backend>(
     x: Tensor<B, 4>,
     cos: &Tensor<B, 4>,
-    sin: &Tensor<B, 4>,
+    sin_signed: &Tensor<B, 4>,
 ) -> Tensor<B, 4> {
     let dtype = x.dtype();
-    x.clone() * cos.clone().cast(dtype) + rotate_half(x) * sin.clone().cast(dtype)
+    x.clone() * cos.clone().cast(dtype) + swap_halves(x) * sin_signed.clone().cast(dtype)
 }
 
-/// `[x1, x2] → [−x2, x1]` over the last dimension.
-fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+/// `[x1, x2] → [x2, x1]` over the last dimension.
+fn swap_halves<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, n, s, h] = x.shape().dims();
     let x1 = x.clone().slice([0..b, 0..n, 0..s, 0..h / 2]);
     let x2 = x.slice([0..b, 0..n, 0..s, h / 2..h]);
-    Tensor::cat(vec![x2.neg(), x1], 3)
+    Tensor::cat(vec![x2, x1], 3)
 }

@@ -85,15 +85,23 @@ pub fn causal_lm_loss<B: Backend>(
     logits: Tensor<B, 3>,
     labels: Tensor<B, 2, Int>,
 ) -> (Tensor<B, 1>, usize) {
-    let [batch, seq, vocab] = logits.dims();
+    let [batch, seq, _] = logits.dims();
     if seq < 2 {
         // No next token to predict. The zero stays connected to the logits so a backward
         // pass through it is valid (and gives zero gradients).
         let zero = logits.cast(FloatDType::F32).sum().mul_scalar(0.0);
         return (zero, 0);
     }
-    let logits = logits.slice([0..batch, 0..seq - 1, 0..vocab]);
-    let targets = labels.slice([0..batch, 1..seq]);
+    // The labels move left by one instead of the logits: slicing `[b, s−1, vocab]` out of the
+    // logits would copy the largest activation of the step (and its gradient) for nothing.
+    let device = labels.device();
+    let targets = Tensor::cat(
+        vec![
+            labels.slice([0..batch, 1..seq]),
+            Tensor::<B, 2, Int>::full([batch, 1], IGNORE_INDEX, &device),
+        ],
+        1,
+    );
     let keep = targets.clone().not_equal_elem(IGNORE_INDEX);
     let count = keep.clone().int().sum().into_scalar().elem::<i64>() as usize;
     let safe_targets = targets.mask_fill(keep.clone().bool_not(), 0);

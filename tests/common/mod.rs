@@ -32,8 +32,17 @@ pub fn tol<B: Backend>(f32_tol: f64, f64_tol: f64) -> f64 {
     }
 }
 
+/// The source checkout the fixtures are read from: `BURN_IPA_SOURCE` when set (test binaries
+/// built on one machine and run on another, see `scripts/gpu-check.sh`), else the checkout
+/// they were built from.
+pub fn source_root() -> std::path::PathBuf {
+    std::env::var_os("BURN_IPA_SOURCE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn fixture(name: &str) -> serde_json::Value {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/fixtures/{name}", source_root().display());
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -136,7 +145,7 @@ pub fn max_principal_sine(a: &[f64], b: &[f64], r: usize, d: usize) -> f64 {
 
 /// The tiny random Llama-2 checkpoint made by `make_model_fixtures.py`.
 pub fn llama2_dir() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama2")
+    source_root().join("tests/fixtures/models/llama2")
 }
 
 /// Token sequences with a learnable pattern (each next token = previous + 1, mod 50) and

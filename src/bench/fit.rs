@@ -1,4 +1,4 @@
-//! Benchmarks behind `ipa bench`: projector-fit throughput.
+//! `ipa bench fit`: projector-fit throughput on synthetic activations.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::backend::BackendJob;
 use crate::projector::FitAlgorithm;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Settings of the fit-throughput benchmark.
 #[derive(Clone, Debug, Serialize)]
@@ -50,10 +50,49 @@ pub struct FitBenchRow {
     pub finish_seconds: f64,
 }
 
+impl FitBench {
+    /// Checks the settings before anything is allocated.
+    pub fn validate(&self) -> Result<()> {
+        if self.widths.is_empty() {
+            return Err(Error::Config(
+                "--widths: give at least one input width".into(),
+            ));
+        }
+        if self.rank == 0 {
+            return Err(Error::Config("--rank must be at least 1".into()));
+        }
+        if self.batch_tokens == 0 {
+            return Err(Error::Config("--batch-tokens must be at least 1".into()));
+        }
+        if self.batches == 0 {
+            return Err(Error::Config("--batches must be at least 1".into()));
+        }
+        if !(self.max_seconds > 0.0) {
+            return Err(Error::Config(format!(
+                "--max-seconds {} is not a positive number of seconds",
+                self.max_seconds
+            )));
+        }
+        if self.algorithms.is_empty() {
+            return Err(Error::Config("--algorithms: give at least one".into()));
+        }
+        for &d in &self.widths {
+            if d < self.rank {
+                return Err(Error::Config(format!(
+                    "--widths {d}: every width must be at least the rank ({})",
+                    self.rank
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl BackendJob for FitBench {
     type Output = Vec<FitBenchRow>;
 
     fn run<B: Backend>(self, device: B::Device, backend_name: &str) -> Result<Self::Output> {
+        self.validate()?;
         let mut rows = Vec::new();
         for &d in &self.widths {
             // A decaying spectrum so every algorithm has directions to find; two batches cycled
@@ -118,125 +157,6 @@ impl BackendJob for FitBench {
                 );
                 rows.push(row);
             }
-        }
-        Ok(rows)
-    }
-}
-
-/// Settings of the decoder forward benchmark.
-#[derive(Clone, Debug, Serialize)]
-pub struct ForwardBench {
-    /// Model sizes: `tiny` (hidden 64, 2 layers) and `100m` (hidden 768, 12 layers, ~110M
-    /// parameters with a 32k vocabulary), Llama architecture, random weights.
-    pub sizes: Vec<String>,
-    /// Sequences per batch.
-    pub batch: usize,
-    /// Tokens per sequence.
-    pub seq: usize,
-    /// Timed forward passes (after one warm-up).
-    pub iters: usize,
-}
-
-/// One measured forward row.
-#[derive(Clone, Debug, Serialize)]
-pub struct ForwardBenchRow {
-    /// Backend name.
-    pub backend: String,
-    /// Model size label.
-    pub size: String,
-    /// Parameters of the model.
-    pub params: usize,
-    /// Float type of the weights and activations.
-    pub dtype: String,
-    /// Tokens per forward pass.
-    pub tokens: usize,
-    /// Tokens per second.
-    pub tokens_per_second: f64,
-}
-
-/// The benchmark decoders' shapes.
-pub fn bench_decoder_config(size: &str) -> Result<crate::models::DecoderConfig> {
-    use crate::models::config::{DecoderConfig, DecoderFamily, LayerKind, RopeConfig};
-    let (hidden, layers, heads, inter, vocab) = match size {
-        "tiny" => (64, 2, 4, 128, 256),
-        "100m" => (768, 12, 12, 2048, 32000),
-        other => {
-            return Err(crate::Error::Config(format!(
-                "unknown bench size `{other}` (tiny, 100m)"
-            )))
-        }
-    };
-    Ok(DecoderConfig {
-        family: DecoderFamily::Llama,
-        vocab_size: vocab,
-        hidden_size: hidden,
-        intermediate_size: inter,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        num_key_value_heads: heads,
-        head_dim: hidden / heads,
-        rms_norm_eps: 1e-5,
-        rope: RopeConfig {
-            theta: 10_000.0,
-            scaling: None,
-        },
-        local_rope: None,
-        max_position_embeddings: 4096,
-        tie_word_embeddings: true,
-        attention_bias: false,
-        layer_types: vec![LayerKind::Full; layers],
-        sliding_window: None,
-        query_pre_attn_scalar: None,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-        pad_token_id: None,
-    })
-}
-
-impl BackendJob for ForwardBench {
-    type Output = Vec<ForwardBenchRow>;
-
-    fn run<B: Backend>(self, device: B::Device, backend_name: &str) -> Result<Self::Output> {
-        use burn::module::Module;
-        use burn::tensor::{Int, TensorData};
-        let mut rows = Vec::new();
-        for size in &self.sizes {
-            let config = bench_decoder_config(size)?;
-            let model = crate::models::Decoder::<B>::init(&config, &device);
-            let params = model.num_params();
-            let ids: Vec<i64> = (0..self.batch * self.seq)
-                .map(|i| (i * 7919 % config.vocab_size) as i64)
-                .collect();
-            let ids = Tensor::<B, 2, Int>::from_data(
-                TensorData::new(ids, [self.batch, self.seq]),
-                &device,
-            );
-            let options = crate::models::ForwardOptions::default();
-            let _ = model.forward(ids.clone(), &options)?.into_data();
-            let start = Instant::now();
-            for _ in 0..self.iters {
-                let logits = model.forward(ids.clone(), &options)?;
-                let _ = B::sync(&device);
-                drop(logits);
-            }
-            let elapsed = start.elapsed().as_secs_f64();
-            let row = ForwardBenchRow {
-                backend: backend_name.into(),
-                size: size.clone(),
-                params,
-                dtype: format!("{:?}", Tensor::<B, 1>::empty([0], &device).dtype()),
-                tokens: self.batch * self.seq,
-                tokens_per_second: (self.iters * self.batch * self.seq) as f64 / elapsed,
-            };
-            eprintln!(
-                "{:>8} {:>5} ({:.1}M params, {}) {:>10.0} tokens/s",
-                row.backend,
-                row.size,
-                row.params as f64 / 1e6,
-                row.dtype,
-                row.tokens_per_second
-            );
-            rows.push(row);
         }
         Ok(rows)
     }
