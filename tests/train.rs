@@ -322,7 +322,9 @@ fn data_parallel_steps_equal_single_device_steps() {
     let initial = adapted_model(&AdapterConfig::lora(4));
     let single = run(initial.clone(), &items, &cfg, &RunOptions::default()).unwrap();
     let device: <B as burn::tensor::backend::BackendTypes>::Device = Default::default();
-    let devices = [device, device];
+    // Device is Copy on the CPU backends, not on the GPU ones.
+    #[allow(clippy::clone_on_copy)]
+    let devices = [device.clone(), device];
     let parallel = burn_ipa::train::train_on_devices(
         initial,
         &items,
@@ -596,6 +598,25 @@ fn a_stop_request_checkpoints_the_step_and_resume_finishes_the_run() {
     .unwrap();
     assert!(!resumed.stopped_early);
     assert_eq!(resumed.resumed_from, 3);
-    assert_eq!(resumed.history, whole.history);
-    assert_eq!(adapter_values(&resumed.model), adapter_values(&whole.model));
+    if cfg!(any(feature = "test-wgpu", feature = "test-cuda")) {
+        // GPU kernels (autotuned again in the new process) may sum in another order: the
+        // resumed run agrees to f32 rounding there, bit for bit on the CPU backends.
+        assert_eq!(resumed.history.len(), whole.history.len());
+        for (a, b) in resumed.history.iter().zip(&whole.history) {
+            assert_eq!(a.step, b.step);
+            assert!(
+                (a.loss - b.loss).abs() <= 1e-5 * b.loss.abs().max(1.0),
+                "{a:?} vs {b:?}"
+            );
+        }
+        for (a, b) in adapter_values(&resumed.model)
+            .iter()
+            .zip(adapter_values(&whole.model))
+        {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
+    } else {
+        assert_eq!(resumed.history, whole.history);
+        assert_eq!(adapter_values(&resumed.model), adapter_values(&whole.model));
+    }
 }
