@@ -67,7 +67,7 @@ impl FitBench {
         if self.batches == 0 {
             return Err(Error::Config("--batches must be at least 1".into()));
         }
-        if !(self.max_seconds > 0.0) {
+        if self.max_seconds.is_nan() || self.max_seconds <= 0.0 {
             return Err(Error::Config(format!(
                 "--max-seconds {} is not a positive number of seconds",
                 self.max_seconds
