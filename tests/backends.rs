@@ -5,9 +5,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use burn_ipa::quickstart::{world::task_set, write_embedded_base, write_task_set};
+use common::{ipa_ok, s, Workspace};
 
 fn losses(run: &Path) -> Vec<f64> {
     let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
@@ -19,53 +18,40 @@ fn losses(run: &Path) -> Vec<f64> {
 
 #[test]
 fn flex_trains_as_ndarray_does() {
-    let root = common::temp_dir("backends-flex");
-    let base = root.join("base");
-    write_embedded_base(&base).unwrap();
-    let (train, tests) = task_set(8, 2, 3);
-    let data = root.join("data");
-    write_task_set(&data, &train, &tests).unwrap();
+    let ws = Workspace::new("backends-flex", 8, 2);
     let mut all = Vec::new();
     for backend in ["ndarray", "flex"] {
-        let run = root.join(backend);
-        let out = Command::new(env!("CARGO_BIN_EXE_ipa"))
-            .args([
-                "train",
-                "--backend",
-                backend,
-                "--model",
-                base.to_str().unwrap(),
-                "--data",
-                data.join("train.json").to_str().unwrap(),
-                "--method",
-                "ipa",
-                "--rank",
-                "4",
-                "--val-set-size",
-                "0",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "4",
-                "--micro-batch-size",
-                "2",
-                "--warmup-steps",
-                "1",
-                "--learning-rate",
-                "5e-3",
-                "--max-steps",
-                "5",
-                "--out",
-                run.to_str().unwrap(),
-                "--quiet",
-            ])
-            .output()
-            .expect("the ipa binary runs");
-        assert!(
-            out.status.success(),
-            "{backend}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let run = ws.path(backend);
+        ipa_ok(&[
+            "train",
+            "--backend",
+            backend,
+            "--model",
+            s(&ws.base()),
+            "--data",
+            s(&ws.train_json()),
+            "--method",
+            "ipa",
+            "--rank",
+            "4",
+            "--val-set-size",
+            "0",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--micro-batch-size",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--learning-rate",
+            "5e-3",
+            "--max-steps",
+            "5",
+            "--out",
+            s(&run),
+            "--quiet",
+        ]);
         all.push(losses(&run));
     }
     let (ndarray, flex) = (&all[0], &all[1]);

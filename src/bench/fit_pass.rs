@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Serialize;
 
-use super::memory::peak_rss_bytes;
+use super::memory::peak_rss_mib;
 use super::model::{bench_ids, BenchModel};
 use crate::backend::BackendJob;
 use crate::fit::decoder::DecoderFit;
@@ -120,7 +120,7 @@ impl BackendJob for FitPassBench {
             batches: self.batches,
             tokens_per_second: tokens / seconds,
             relative_to_forward: seconds / forward_seconds,
-            peak_rss_mib: peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0)),
+            peak_rss_mib: peak_rss_mib(),
         };
 
         // The plain forward, logits included (the fit pass computes them too).

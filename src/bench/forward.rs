@@ -52,9 +52,7 @@ impl BackendJob for ForwardBench {
             let config = bench_decoder_config(size)?;
             let model = crate::models::Decoder::<B>::init(&config, &device);
             let params = model.num_params();
-            let ids: Vec<i64> = (0..self.batch * self.seq)
-                .map(|i| (i * 7919 % config.vocab_size) as i64)
-                .collect();
+            let ids = super::model::bench_ids(self.batch, self.seq, config.vocab_size);
             let ids = Tensor::<B, 2, Int>::from_data(
                 TensorData::new(ids, [self.batch, self.seq]),
                 &device,

@@ -13,7 +13,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use burn::train::TrainStep;
 use serde::Serialize;
 
-use super::memory::peak_rss_bytes;
+use super::memory::peak_rss_mib;
 use super::model::{bench_ids, BenchModel};
 use crate::adapter::{AdapterMethod, ProjectorInit};
 use crate::backend::BackendJob;
@@ -203,7 +203,7 @@ impl BackendJob for TrainBench {
             tokens_per_second: tokens as f64 / elapsed,
             seconds_per_step: elapsed / self.steps as f64,
             last_loss,
-            peak_rss_mib: peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0)),
+            peak_rss_mib: peak_rss_mib(),
         };
         eprintln!(
             "{:>8} {} {} r={} {:>9.1} tokens/s ({:.2} s/step over {} steps, loss {:.3}, peak RSS {})",

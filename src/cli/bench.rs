@@ -259,7 +259,6 @@ impl FitBenchCmd {
             max_seconds: self.max_seconds,
             algorithms: parse_algorithms(&self.algorithms)?,
         };
-        job.validate()?;
         let rows = self.backend.run(job)?;
         println!(
             "| backend | algorithm | d | rank | batch | batches | tokens/s | s/batch | finish s |"
