@@ -3,29 +3,41 @@
 # SmolLM2-135M-Instruct, fine-tuned on WordNet questions (ipa wordnet-tasks), with the
 # ablations of the paper's §4.3 and the two baselines, then `ipa report`.
 #
-#   scripts/wordnet-grid.sh [main|ablations|baselines|report|all]   (default: all)
+#   scripts/wordnet-grid.sh [zero-shot|main|ablations|baselines|report|all]   (default: all)
 #
 # Every run is resumable: stop it at any time and start the script again; finished runs are
-# skipped (their eval/accuracy.json exists), unfinished ones continue from their checkpoint.
-# Sizes come from the environment (defaults sized for a few CPU cores):
-#   RUNS (runs/wordnet-grid), IPA (the ipa binary; default target/release/ipa),
-#   SEEDS ("0 1 2"), RANK (8), TRAIN_PER_TASK (400), TEST_PER_TASK (100), EPOCHS (1),
-#   BATCH (8), MICRO (4), CUTOFF (192), BEAMS (1), BACKEND (ndarray).
+# skipped (their eval/accuracy.json exists, in RUNS or in the ARCHIVE), unfinished ones
+# continue from their checkpoint. `report` copies every finished run's records (no weights)
+# into ARCHIVE and reports from there, so a grid can be spread over machines: keep ARCHIVE.
+# Sizes come from the environment (defaults sized for two CPU cores; docs/results.md says why):
+#   RUNS (runs/wordnet-grid), ARCHIVE (docs/results/wordnet/runs), IPA (the ipa binary;
+#   default target/release/ipa), SEEDS ("0 1 2"), RANK (8), TRAIN_PER_TASK (160),
+#   TEST_PER_TASK (80), MIN_COUNT (10), EPOCHS (1), BATCH (8), MICRO (4), CUTOFF (192),
+#   DISTRACTORS (far), LR (5e-4), WARMUP (5), VAL (40), MASK_PROMPT (1: the loss on the response only),
+#   BEAMS (1), BACKEND (flex).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS="${RUNS:-runs/wordnet-grid}"
+ARCHIVE="${ARCHIVE:-docs/results/wordnet/runs}"
 IPA="${IPA:-target/release/ipa}"
 SEEDS="${SEEDS:-0 1 2}"
 RANK="${RANK:-8}"
-TRAIN_PER_TASK="${TRAIN_PER_TASK:-400}"
-TEST_PER_TASK="${TEST_PER_TASK:-100}"
+TRAIN_PER_TASK="${TRAIN_PER_TASK:-160}"
+TEST_PER_TASK="${TEST_PER_TASK:-80}"
+MIN_COUNT="${MIN_COUNT:-10}"
+DISTRACTORS="${DISTRACTORS:-far}"
 EPOCHS="${EPOCHS:-1}"
 BATCH="${BATCH:-8}"
 MICRO="${MICRO:-4}"
 CUTOFF="${CUTOFF:-192}"
+LR="${LR:-5e-4}"
+WARMUP="${WARMUP:-5}"
+VAL="${VAL:-40}"
+MASK_PROMPT="${MASK_PROMPT:-1}"
 BEAMS="${BEAMS:-1}"
-BACKEND="${BACKEND:-ndarray}"
+BACKEND="${BACKEND:-flex}"
+TASKS="wordnet_definitions,wordnet_hypernyms"
 TARGETS="q_proj,k_proj,v_proj,up_proj,down_proj"
 WHAT="${1:-all}"
 
@@ -40,7 +52,7 @@ mkdir -p "$RUNS"
 # The task set: the same words and questions for every run.
 if [ ! -f "$DATA/train.json" ]; then
     "$IPA" wordnet-tasks --seed 0 --train-per-task "$TRAIN_PER_TASK" \
-        --test-per-task "$TEST_PER_TASK" --out "$DATA"
+        --test-per-task "$TEST_PER_TASK" --min-count "$MIN_COUNT" --distractors "$DISTRACTORS" --out "$DATA"
 fi
 
 # evaluate MODEL RUN_DIR [ADAPTER]: the test sets into RUN_DIR/eval.
@@ -50,7 +62,7 @@ evaluate() {
     local adapter=()
     [ -n "${3:-}" ] && adapter=(--adapter "$3")
     "$IPA" eval --backend "$BACKEND" --model "$model" "${adapter[@]}" --data-dir "$DATA/dataset" \
-        --num-beams "$BEAMS" --max-new-tokens 16 --out "$out" --overwrite --quiet
+        --tasks "$TASKS" --num-beams "$BEAMS" --max-new-tokens 16 --out "$out" --overwrite --quiet
 }
 
 # run NAME SEED FLAGS...: train (resuming) then evaluate into RUNS/NAME/seed-SEED.
@@ -58,16 +70,18 @@ run() {
     local name="$1" seed="$2"
     shift 2
     local out="$RUNS/$name/seed-$seed"
-    if [ -f "$out/eval/accuracy.json" ]; then
+    if [ -f "$out/eval/accuracy.json" ] || [ -f "$ARCHIVE/$name/seed-$seed/eval/accuracy.json" ]; then
         echo "== $name seed $seed: done"
         return 0
     fi
     echo "== $name seed $seed"
-    local resume=()
-    [ -f "$out/train_config.json" ] && resume=(--resume)
+    local extra=()
+    [ -f "$out/train_config.json" ] && extra+=(--resume)
+    [ "$MASK_PROMPT" = 1 ] && extra+=(--mask-prompt)
     "$IPA" train --backend "$BACKEND" --model "$MODEL" --data "$DATA/train.json" \
         --cutoff "$CUTOFF" --epochs "$EPOCHS" --batch-size "$BATCH" --micro-batch-size "$MICRO" \
-        --seed "$seed" --out "$out" "${resume[@]}" --quiet "$@"
+        --learning-rate "$LR" --warmup-steps "$WARMUP" --val-set-size "$VAL" \
+        --seed "$seed" --out "$out" "${extra[@]}" --quiet "$@"
     if [ -d "$out/model" ]; then
         # Full or q/v fine-tuning: the result is a model folder.
         evaluate "$out/model" "$out"
@@ -76,10 +90,14 @@ run() {
     fi
 }
 
-main() {
+zero_shot() {
+    [ -f "$ARCHIVE/zero-shot/eval/accuracy.json" ] && return 0
     mkdir -p "$RUNS/zero-shot"
     echo "== zero-shot"
     evaluate "$MODEL" "$RUNS/zero-shot"
+}
+
+main() {
     for seed in $SEEDS; do
         run lora "$seed" --method lora --rank "$RANK" --targets "$TARGETS"
         run lora-frozen "$seed" --method lora --train-projector false --rank "$RANK" --targets "$TARGETS"
@@ -119,15 +137,18 @@ baselines() {
 }
 
 report() {
-    "$IPA" report "$RUNS" --out "$RUNS/report"
-    echo "report: $RUNS/report/report.md"
+    # Every finished run's records into the archive, then the report of everything archived.
+    "$IPA" report "$RUNS" --out "$RUNS/report" --archive "$ARCHIVE" --no-plots >/dev/null
+    "$IPA" report "$ARCHIVE" --out "$(dirname "$ARCHIVE")"
+    echo "report: $(dirname "$ARCHIVE")/report.md"
 }
 
 case "$WHAT" in
+    zero-shot) zero_shot ;;
     main) main ;;
     ablations) ablations ;;
     baselines) baselines ;;
     report) report ;;
-    all) main; ablations; baselines; report ;;
-    *) echo "usage: $0 [main|ablations|baselines|report|all]" >&2; exit 2 ;;
+    all) zero_shot; main; ablations; baselines; report ;;
+    *) echo "usage: $0 [zero-shot|main|ablations|baselines|report|all]" >&2; exit 2 ;;
 esac

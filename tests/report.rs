@@ -174,6 +174,69 @@ fn the_table_is_the_mean_and_spread_over_seeds() {
     assert!(!out.join("accuracy_vs_rank.png").exists());
     assert!(table.contains("![loss_curves.png](loss_curves.png)"));
 
+    // An archive keeps the records without the weights and reports the same table and
+    // cosines; archiving again adds nothing; a changed record is refused, naming the file.
+    let archive = root.join("archive");
+    let stdout = ipa_ok(&[
+        "report",
+        s(&runs),
+        "--out",
+        s(&root.join("report-2")),
+        "--archive",
+        s(&archive),
+    ]);
+    assert!(stdout.contains("archived 24 files"), "{stdout}");
+    assert!(!archive.join("lora-0/adapter").exists());
+    assert!(archive.join("lora-0/projector_cosine.json").is_file());
+    assert!(archive.join("base/accuracy.json").is_file());
+    let from_archive = root.join("report-archive");
+    ipa_ok(&["report", s(&archive), "--out", s(&from_archive)]);
+    assert_eq!(
+        std::fs::read_to_string(from_archive.join("report.md")).unwrap(),
+        table
+    );
+    // The same variants but for the folders they were read from.
+    let without_dirs = |path: &Path| -> serde_json::Value {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for variant in v.as_array_mut().unwrap() {
+            variant.as_object_mut().unwrap().remove("dirs");
+        }
+        v
+    };
+    assert_eq!(
+        without_dirs(&from_archive.join("report.json")),
+        without_dirs(&out.join("report.json"))
+    );
+    let again = ipa_ok(&[
+        "report",
+        s(&runs),
+        "--out",
+        s(&root.join("report-2")),
+        "--archive",
+        s(&archive),
+    ]);
+    assert!(again.contains("archived 0 files"), "{again}");
+    std::fs::write(
+        runs.join("ipa-2/eval/accuracy.json"),
+        r#"{"a": 0.1, "b": 0.5, "average": 0.3}"#,
+    )
+    .unwrap();
+    ipa_err(
+        &[
+            "report",
+            s(&runs),
+            "--out",
+            s(&root.join("report-2")),
+            "--archive",
+            s(&archive),
+        ],
+        &[
+            "ipa-2/eval/accuracy.json",
+            "already archived with other contents",
+        ],
+    );
+
     // Nothing to report is an error naming the folder.
     let empty = root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use burn_ipa::data::instruction::InstructionExample;
 use burn_ipa::data::wordnet::{parse_data_line, Pos, WordNet};
-use burn_ipa::data::wordnet_tasks::{build_tasks, WordNetTasksConfig, DEFINITIONS, HYPERNYMS};
+use burn_ipa::data::wordnet_tasks::{
+    build_tasks, Distractors, WordNetTasksConfig, DEFINITIONS, HYPERNYMS,
+};
 use common::*;
 
 fn fixture_dir() -> PathBuf {
@@ -93,6 +95,7 @@ fn the_tasks_split_by_word_balance_their_answers_and_are_reproducible() {
         test_per_task: 8,
         min_count: 5,
         test_fraction: 0.3,
+        distractors: Distractors::Near,
     };
     let tasks = build_tasks(&wn, &config).unwrap();
     assert_eq!(tasks.tests.len(), 2);
@@ -185,6 +188,74 @@ fn the_tasks_split_by_word_balance_their_answers_and_are_reproducible() {
     assert!(err.to_string().contains("--test-per-task"), "{err}");
 }
 
+/// The lexicographer file of the sense of `word` the task builder keeps: the first of its
+/// most often tagged senses whose definition does not use the word itself.
+fn lex_file_of(wn: &WordNet, word: &str) -> u8 {
+    let uses_word = |text: &str| {
+        text.to_lowercase()
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|w| w == word || w.strip_suffix('s') == Some(word))
+    };
+    wn.synsets(Pos::Noun)
+        .iter()
+        .filter(|s| s.words[0].0 == word && !uses_word(s.definition()))
+        .rev()
+        .max_by_key(|s| wn.sense_count(s, 0))
+        .unwrap_or_else(|| panic!("no synset for {word}"))
+        .lex_filenum
+}
+
+#[test]
+fn near_options_share_the_answers_lexicographer_file_and_far_ones_never_do() {
+    let wn = WordNet::load(&fixture_dir(), &[Pos::Noun]).unwrap();
+    for distractors in [Distractors::Near, Distractors::Far] {
+        let config = WordNetTasksConfig {
+            seed: 5,
+            train_per_task: 30,
+            test_per_task: 6,
+            min_count: 5,
+            test_fraction: 0.3,
+            distractors,
+        };
+        let tasks = build_tasks(&wn, &config).unwrap();
+        let definitions = tasks
+            .train
+            .iter()
+            .filter(|e| e.answer.starts_with("answer"));
+        let mut checked = 0;
+        for ex in definitions.chain(tasks.tests[0].1.iter()) {
+            let words = asked_words(ex);
+            let k: usize = ex.answer.trim_start_matches("answer").parse().unwrap();
+            let file = lex_file_of(&wn, &words[k - 1]);
+            for (i, w) in words.iter().enumerate().filter(|(i, _)| *i != k - 1) {
+                let same = lex_file_of(&wn, w) == file;
+                assert_eq!(
+                    same,
+                    distractors == Distractors::Near,
+                    "{distractors:?}: option {} `{w}` of {:?}",
+                    i + 1,
+                    ex.instruction
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3 * 6, "{distractors:?}: only {checked} options");
+        // Far false hypernyms are still never the word's own.
+        for ex in tasks.tests[1].1.iter().filter(|e| e.answer == "false") {
+            let rest = ex.instruction.split("question: is a ").nth(1).unwrap();
+            let (word, other) = rest.split_once(" a kind of ").unwrap();
+            let other = other.split('?').next().unwrap();
+            let nouns = wn.synsets(Pos::Noun);
+            let synset = nouns
+                .iter()
+                .filter(|s| s.words[0].0 == word)
+                .max_by_key(|s| wn.sense_count(s, 0))
+                .unwrap();
+            assert!(!wn.ancestors(synset).iter().any(|a| a.words[0].0 == other));
+        }
+    }
+}
+
 #[test]
 fn ipa_wordnet_tasks_writes_a_dataset_ipa_eval_reads() {
     let root = temp_dir("wordnet-cli");
@@ -214,6 +285,40 @@ fn ipa_wordnet_tasks_writes_a_dataset_ipa_eval_reads() {
         )
         .unwrap();
         assert_eq!(set.len(), 4);
+    }
+    // --distractors far: recorded, and other options (each from another lexicographer file).
+    let far = root.join("far");
+    ipa_ok(&[
+        "wordnet-tasks",
+        "--wordnet",
+        s(&fixture_dir()),
+        "--train-per-task",
+        "20",
+        "--test-per-task",
+        "4",
+        "--test-fraction",
+        "0.3",
+        "--seed",
+        "1",
+        "--distractors",
+        "far",
+        "--out",
+        s(&far),
+    ]);
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(far.join("wordnet_tasks_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["settings"]["distractors"], "far");
+    let wn = WordNet::load(&fixture_dir(), &[Pos::Noun]).unwrap();
+    let far_train =
+        burn_ipa::data::instruction::load_examples(&far.join("train.json"), false).unwrap();
+    for ex in far_train.iter().filter(|e| e.answer.starts_with("answer")) {
+        let words = asked_words(ex);
+        let k: usize = ex.answer.trim_start_matches("answer").parse().unwrap();
+        let file = lex_file_of(&wn, &words[k - 1]);
+        let others = words.iter().enumerate().filter(|(i, _)| *i != k - 1);
+        assert!(others.into_iter().all(|(_, w)| lex_file_of(&wn, w) != file));
     }
     // A folder that holds them is not overwritten without being asked.
     ipa_err(

@@ -23,11 +23,23 @@ pub struct ReportCmd {
     /// Write the tables only.
     #[arg(long)]
     pub no_plots: bool,
+    /// Also copy every evaluated run's records (configs, metrics.csv, train report, accuracy,
+    /// predictions, and its projector cosines in projector_cosine.json) into this folder, in
+    /// the runs' layout and without their weights: a few hundred KiB to keep or commit, that
+    /// `ipa report` reads like the runs. Added to on every call; a record already there with
+    /// other contents is refused.
+    #[arg(long)]
+    pub archive: Option<PathBuf>,
 }
 
 impl ReportCmd {
     /// Writes the report and prints its table.
     pub fn run(self) -> Result<ExitCode> {
+        if let Some(dest) = &self.archive {
+            let runs = burn_ipa::report::runs::find_runs(&self.runs)?;
+            let written = burn_ipa::report::archive::archive_runs(&runs, &self.runs, dest)?;
+            println!("archived {} files into {}", written.len(), dest.display());
+        }
         let (variants, files) =
             write_report(&self.runs, &self.out, !self.no_plots, self.font.as_deref())?;
         print!("{}", burn_ipa::report::table::markdown_table(&variants));

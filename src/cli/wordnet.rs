@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use burn_ipa::data::instruction::write_dataset;
 use burn_ipa::data::wordnet::{Pos, WordNet};
-use burn_ipa::data::wordnet_tasks::{build_tasks, WordNetTasksConfig};
+use burn_ipa::data::wordnet_tasks::{build_tasks, Distractors, WordNetTasksConfig};
 use burn_ipa::pipelines::out_dir::OutDir;
 use burn_ipa::Result;
 use clap::Args;
@@ -35,6 +35,12 @@ pub struct WordNetCmd {
     /// Share of the words held out for the test questions.
     #[arg(long, default_value_t = 0.25)]
     pub test_fraction: f64,
+    /// Where wrong options come from: `near` (definition options from the answer's own
+    /// lexicographer file, four animals or four foods; false hypernyms from any other word)
+    /// or `far` (both from other lexicographer files: "is a dog a kind of beverage?"), which
+    /// a small model's knowledge can decide.
+    #[arg(long, value_enum, default_value = "near")]
+    pub distractors: Distractors,
     #[command(flatten)]
     pub out: OutArgs,
 }
@@ -48,6 +54,7 @@ impl WordNetCmd {
             test_per_task: self.test_per_task,
             min_count: self.min_count,
             test_fraction: self.test_fraction,
+            distractors: self.distractors,
         };
         let dir = OutDir::lock(&self.out.out, "ipa wordnet-tasks")?;
         dir.prepare(self.out.existing(), "a task set", false)?;

@@ -31,6 +31,19 @@ pub const DEFINITIONS: &str = "wordnet_definitions";
 /// The hypernyms task's folder name.
 pub const HYPERNYMS: &str = "wordnet_hypernyms";
 
+/// Where wrong options come from.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Distractors {
+    /// Definition options from the answer's own lexicographer file (four animals, four
+    /// foods), false hypernyms from any other word: plausible, hard for a small model.
+    #[default]
+    Near,
+    /// Both from words of other lexicographer files (an animal among a food, a feeling and
+    /// a place; "is a dog a kind of beverage?"): a small model's knowledge can decide them.
+    Far,
+}
+
 /// Settings of the task builder.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct WordNetTasksConfig {
@@ -44,6 +57,9 @@ pub struct WordNetTasksConfig {
     pub min_count: u32,
     /// Share of the word pool held out for the test questions.
     pub test_fraction: f64,
+    /// Where wrong options come from.
+    #[serde(default)]
+    pub distractors: Distractors,
 }
 
 impl Default for WordNetTasksConfig {
@@ -54,6 +70,7 @@ impl Default for WordNetTasksConfig {
             test_per_task: 200,
             min_count: 5,
             test_fraction: 0.25,
+            distractors: Distractors::Near,
         }
     }
 }
@@ -122,12 +139,22 @@ fn example(instruction: String, answer: &str) -> InstructionExample {
     }
 }
 
-/// Definition questions about `targets`, distractors drawn from `pool` (same lexicographer
-/// file), the correct option's position cycling through 1..4.
+/// Whether `other` may give a wrong option for a question about `target`.
+fn may_distract(target: &Synset, other: &Synset, distractors: Distractors) -> bool {
+    match distractors {
+        Distractors::Near => true,
+        Distractors::Far => other.lex_filenum != target.lex_filenum,
+    }
+}
+
+/// Definition questions about `targets`, distractors drawn from `pool` (of the same
+/// lexicographer file when near, of others when far), the correct option's position cycling
+/// through 1..4.
 fn definition_questions(
     targets: &[Entry<'_>],
     pool: &[Entry<'_>],
     n: usize,
+    distractors: Distractors,
     rng: &mut StdRng,
 ) -> Vec<InstructionExample> {
     let mut out = Vec::new();
@@ -140,7 +167,8 @@ fn definition_questions(
         let mut others: Vec<&str> = pool
             .iter()
             .filter(|o| {
-                o.synset.lex_filenum == e.synset.lex_filenum
+                let same_file = o.synset.lex_filenum == e.synset.lex_filenum;
+                (same_file == (distractors == Distractors::Near))
                     && word_of(o.synset) != word
                     && !mentions(definition, word_of(o.synset))
             })
@@ -174,12 +202,14 @@ fn hypernym_words<'a>(wn: &'a WordNet, synset: &Synset) -> Vec<&'a str> {
 }
 
 /// Hypernym questions about `targets`, true and false alternating; false ones take a
-/// hypernym of another word of `pool` that is not one of the target's.
+/// hypernym of another word of `pool` (of another lexicographer file when far) that is not
+/// one of the target's.
 fn hypernym_questions(
     wn: &WordNet,
     targets: &[Entry<'_>],
     pool: &[Entry<'_>],
     n: usize,
+    distractors: Distractors,
     rng: &mut StdRng,
 ) -> Vec<InstructionExample> {
     let mut out = Vec::new();
@@ -200,7 +230,9 @@ fn hypernym_questions(
         } else {
             let mut candidates: Vec<&str> = pool
                 .iter()
-                .filter(|o| word_of(o.synset) != word)
+                .filter(|o| {
+                    word_of(o.synset) != word && may_distract(e.synset, o.synset, distractors)
+                })
                 .flat_map(|o| hypernym_words(wn, o.synset).into_iter().take(3))
                 .filter(|w| *w != word && !own.contains(w))
                 .collect();
@@ -237,14 +269,21 @@ pub fn build_tasks(wn: &WordNet, config: &WordNetTasksConfig) -> Result<WordNetT
 
     let mut train = Vec::new();
     let mut tests = Vec::new();
+    let d = config.distractors;
     let definitions_train =
-        definition_questions(train_pool, train_pool, config.train_per_task, &mut rng);
+        definition_questions(train_pool, train_pool, config.train_per_task, d, &mut rng);
     let definitions_test =
-        definition_questions(test_pool, test_pool, config.test_per_task, &mut rng);
-    let hypernyms_train =
-        hypernym_questions(wn, train_pool, train_pool, config.train_per_task, &mut rng);
+        definition_questions(test_pool, test_pool, config.test_per_task, d, &mut rng);
+    let hypernyms_train = hypernym_questions(
+        wn,
+        train_pool,
+        train_pool,
+        config.train_per_task,
+        d,
+        &mut rng,
+    );
     let hypernyms_test =
-        hypernym_questions(wn, test_pool, test_pool, config.test_per_task, &mut rng);
+        hypernym_questions(wn, test_pool, test_pool, config.test_per_task, d, &mut rng);
     for (name, set, want) in [
         (DEFINITIONS, &definitions_test, config.test_per_task),
         (HYPERNYMS, &hypernyms_test, config.test_per_task),

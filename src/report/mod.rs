@@ -4,9 +4,11 @@
 //! * [`runs`]: reading run folders (`train_config.json`, `metrics.csv`, `eval/accuracy.json`,
 //!   `adapter_init/` and `adapter/`) and evaluations alone (a base model's zero-shot run);
 //! * [`table`]: variants (runs equal but for the seed), their statistics, the Markdown table;
+//! * [`archive`]: the runs' records without their weights, to keep or commit;
 //! * [`plots`]: PNGs of the loss curves, accuracy against rank and fit fraction, and how far
 //!   each trained projector moved from its initialisation.
 
+pub mod archive;
 pub mod plots;
 pub mod runs;
 pub mod table;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use safetensors::SafeTensors;
 use serde_json::Value;
 
+use super::archive::PROJECTOR_COSINE_FILE;
 use crate::adapter::ADAPTER_WEIGHTS_FILE;
 use crate::pipelines::instruct::{
     ADAPTER_DIR, EVAL_CONFIG_FILE, INIT_ADAPTER_DIR, TRAIN_CONFIG_FILE, TRAIN_REPORT_FILE,
@@ -102,10 +103,18 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Per layer (the projector's tensor name without `.lora_A.weight`), the cosine similarity of
-/// the trained projector to its initial value.
+/// the trained projector to its initial value; an archived run (no adapters) keeps them in
+/// `projector_cosine.json`.
 fn projector_cosines(run: &Path) -> Result<Vec<(String, f64)>> {
     let (init, last) = (run.join(INIT_ADAPTER_DIR), run.join(ADAPTER_DIR));
     if !init.join(ADAPTER_WEIGHTS_FILE).is_file() || !last.join(ADAPTER_WEIGHTS_FILE).is_file() {
+        let kept = run.join(PROJECTOR_COSINE_FILE);
+        if kept.is_file() {
+            let text = std::fs::read_to_string(&kept).map_err(|e| Error::file(&kept, e))?;
+            return serde_json::from_str(&text).map_err(|e| {
+                Error::file(&kept, format!("not a list of [layer, cosine] pairs: {e}"))
+            });
+        }
         return Ok(Vec::new());
     }
     let (a, b) = (adapter_tensors(&init)?, adapter_tensors(&last)?);
