@@ -13,7 +13,7 @@
 #   RUNS (runs/wordnet-grid), ARCHIVE (docs/results/wordnet/runs), IPA (the ipa binary;
 #   default target/release/ipa), SEEDS ("0 1 2"), RANK (8), TRAIN_PER_TASK (160),
 #   TEST_PER_TASK (80), MIN_COUNT (10), EPOCHS (1), BATCH (8), MICRO (4), CUTOFF (192),
-#   DISTRACTORS (far), LR (5e-4), WARMUP (5), VAL (40), MASK_PROMPT (1: the loss on the response only),
+#   DISTRACTORS (far), DEFINITION_ANSWER (word), LR (5e-4), WARMUP (5), VAL (40), MASK_PROMPT (1: the loss on the response only),
 #   BEAMS (1), BACKEND (flex).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +27,7 @@ TRAIN_PER_TASK="${TRAIN_PER_TASK:-160}"
 TEST_PER_TASK="${TEST_PER_TASK:-80}"
 MIN_COUNT="${MIN_COUNT:-10}"
 DISTRACTORS="${DISTRACTORS:-far}"
+DEFINITION_ANSWER="${DEFINITION_ANSWER:-word}"
 EPOCHS="${EPOCHS:-1}"
 BATCH="${BATCH:-8}"
 MICRO="${MICRO:-4}"
@@ -52,7 +53,8 @@ mkdir -p "$RUNS"
 # The task set: the same words and questions for every run.
 if [ ! -f "$DATA/train.json" ]; then
     "$IPA" wordnet-tasks --seed 0 --train-per-task "$TRAIN_PER_TASK" \
-        --test-per-task "$TEST_PER_TASK" --min-count "$MIN_COUNT" --distractors "$DISTRACTORS" --out "$DATA"
+        --test-per-task "$TEST_PER_TASK" --min-count "$MIN_COUNT" --distractors "$DISTRACTORS" \
+        --definition-answer "$DEFINITION_ANSWER" --out "$DATA"
 fi
 
 # evaluate MODEL RUN_DIR [ADAPTER]: the test sets into RUN_DIR/eval.

@@ -195,6 +195,15 @@ fn any_task_reads_its_answers_from_its_data_or_a_pattern() {
     );
     assert_eq!(task.extract_answer("answer2 then answer1"), Some("answer2"));
     assert_eq!(task.extract_answer("none"), None);
+    // Whole words only: a task whose answers are words is not read inside longer ones.
+    let words = EvalTask::from_answers("words", ["cat", "answer", "mountain", "c++"]).unwrap();
+    assert_eq!(
+        words.extract_answer("the category of the correct reply is mountain"),
+        Some("mountain")
+    );
+    assert_eq!(words.extract_answer("a cat's answer"), Some("cat"));
+    assert_eq!(words.extract_answer("concatenate, mountains"), None);
+    assert_eq!(words.extract_answer("in c++."), Some("c++"));
     let err = EvalTask::from_answers("empty", ["", " "])
         .unwrap_err()
         .to_string();

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use burn_ipa::data::instruction::InstructionExample;
 use burn_ipa::data::wordnet::{parse_data_line, Pos, WordNet};
 use burn_ipa::data::wordnet_tasks::{
-    build_tasks, Distractors, WordNetTasksConfig, DEFINITIONS, HYPERNYMS,
+    build_tasks, DefinitionAnswer, Distractors, WordNetTasksConfig, DEFINITIONS, HYPERNYMS,
 };
+use burn_ipa::eval::commonsense::EvalTask;
 use common::*;
 
 fn fixture_dir() -> PathBuf {
@@ -96,6 +97,7 @@ fn the_tasks_split_by_word_balance_their_answers_and_are_reproducible() {
         min_count: 5,
         test_fraction: 0.3,
         distractors: Distractors::Near,
+        definition_answer: DefinitionAnswer::Index,
     };
     let tasks = build_tasks(&wn, &config).unwrap();
     assert_eq!(tasks.tests.len(), 2);
@@ -216,6 +218,7 @@ fn near_options_share_the_answers_lexicographer_file_and_far_ones_never_do() {
             min_count: 5,
             test_fraction: 0.3,
             distractors,
+            definition_answer: DefinitionAnswer::Index,
         };
         let tasks = build_tasks(&wn, &config).unwrap();
         let definitions = tasks
@@ -254,6 +257,47 @@ fn near_options_share_the_answers_lexicographer_file_and_far_ones_never_do() {
             assert!(!wn.ancestors(synset).iter().any(|a| a.words[0].0 == other));
         }
     }
+}
+
+#[test]
+fn word_answers_name_the_option_and_read_back_from_the_reply() {
+    let wn = WordNet::load(&fixture_dir(), &[Pos::Noun]).unwrap();
+    let config = WordNetTasksConfig {
+        seed: 2,
+        train_per_task: 30,
+        test_per_task: 8,
+        min_count: 5,
+        test_fraction: 0.3,
+        distractors: Distractors::Far,
+        definition_answer: DefinitionAnswer::Word,
+    };
+    let tasks = build_tasks(&wn, &config).unwrap();
+    let (name, test) = &tasks.tests[0];
+    assert_eq!(name, DEFINITIONS);
+    // The eval reads answers by the test set's own answer words.
+    let task = EvalTask::from_answers(name, test.iter().map(|e| e.answer.as_str())).unwrap();
+    let mut positions = BTreeSet::new();
+    for ex in test {
+        let options = asked_words(ex);
+        let at = options.iter().position(|w| *w == ex.answer);
+        let at = at.unwrap_or_else(|| panic!("{} not among {options:?}", ex.answer));
+        positions.insert(at);
+        assert!(
+            ex.instruction
+                .ends_with(&format!("Answer format: {}", options.join("/"))),
+            "{}",
+            ex.instruction
+        );
+        assert_eq!(ex.output, format!("the correct answer is {}", ex.answer));
+        assert_eq!(task.extract_answer(&ex.output), Some(ex.answer.as_str()));
+    }
+    // The right word is at every position in turn.
+    assert_eq!(positions.len(), 4);
+    // Hypernym questions keep their true/false answers.
+    assert!(tasks.tests[1]
+        .1
+        .iter()
+        .all(|e| e.answer == "true" || e.answer == "false"));
 }
 
 #[test]
@@ -302,6 +346,8 @@ fn ipa_wordnet_tasks_writes_a_dataset_ipa_eval_reads() {
         "1",
         "--distractors",
         "far",
+        "--definition-answer",
+        "word",
         "--out",
         s(&far),
     ]);
@@ -310,16 +356,26 @@ fn ipa_wordnet_tasks_writes_a_dataset_ipa_eval_reads() {
     )
     .unwrap();
     assert_eq!(record["settings"]["distractors"], "far");
+    assert_eq!(record["settings"]["definition_answer"], "word");
     let wn = WordNet::load(&fixture_dir(), &[Pos::Noun]).unwrap();
     let far_train =
         burn_ipa::data::instruction::load_examples(&far.join("train.json"), false).unwrap();
-    for ex in far_train.iter().filter(|e| e.answer.starts_with("answer")) {
+    let mut definitions = 0;
+    for ex in far_train
+        .iter()
+        .filter(|e| e.instruction.contains("which word means"))
+    {
         let words = asked_words(ex);
-        let k: usize = ex.answer.trim_start_matches("answer").parse().unwrap();
-        let file = lex_file_of(&wn, &words[k - 1]);
-        let others = words.iter().enumerate().filter(|(i, _)| *i != k - 1);
+        let k = words
+            .iter()
+            .position(|w| *w == ex.answer)
+            .expect("the answer is its word");
+        let file = lex_file_of(&wn, &words[k]);
+        let others = words.iter().enumerate().filter(|(i, _)| *i != k);
         assert!(others.into_iter().all(|(_, w)| lex_file_of(&wn, w) != file));
+        definitions += 1;
     }
+    assert_eq!(definitions, 20);
     // A folder that holds them is not overwritten without being asked.
     ipa_err(
         &[

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use burn_ipa::data::instruction::write_dataset;
 use burn_ipa::data::wordnet::{Pos, WordNet};
-use burn_ipa::data::wordnet_tasks::{build_tasks, Distractors, WordNetTasksConfig};
+use burn_ipa::data::wordnet_tasks::{
+    build_tasks, DefinitionAnswer, Distractors, WordNetTasksConfig,
+};
 use burn_ipa::pipelines::out_dir::OutDir;
 use burn_ipa::Result;
 use clap::Args;
@@ -41,6 +43,11 @@ pub struct WordNetCmd {
     /// a small model's knowledge can decide.
     #[arg(long, value_enum, default_value = "near")]
     pub distractors: Distractors,
+    /// How definition questions are answered: `index` (answer1..answer4, ARC's format in
+    /// commonsense-170k) or `word` (the option's word; `ipa eval` reads it by the set of the
+    /// test set's answer words), which a small model can learn from few examples.
+    #[arg(long, value_enum, default_value = "index")]
+    pub definition_answer: DefinitionAnswer,
     #[command(flatten)]
     pub out: OutArgs,
 }
@@ -55,6 +62,7 @@ impl WordNetCmd {
             min_count: self.min_count,
             test_fraction: self.test_fraction,
             distractors: self.distractors,
+            definition_answer: self.definition_answer,
         };
         let dir = OutDir::lock(&self.out.out, "ipa wordnet-tasks")?;
         dir.prepare(self.out.existing(), "a task set", false)?;

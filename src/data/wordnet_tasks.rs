@@ -3,7 +3,8 @@
 //!
 //! * `wordnet_definitions` (ARC style): "which word means «definition»?" with four words of
 //!   the same lexicographer file (`noun.animal`, `noun.food`, ...) as options, so the
-//!   distractors are plausible; answers `answer1..answer4`, each position equally often;
+//!   distractors are plausible (or of other files: [`Distractors::Far`]); answers
+//!   `answer1..answer4`, each position equally often (or the word: [`DefinitionAnswer::Word`]);
 //! * `wordnet_hypernyms` (BoolQ style): "is a «word» a kind of «word»?", true for one of the
 //!   word's hypernyms (transitively), false for a hypernym of another word that is not one of
 //!   its own; answers `true`/`false`, balanced.
@@ -44,6 +45,19 @@ pub enum Distractors {
     Far,
 }
 
+/// How a definition question is answered.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DefinitionAnswer {
+    /// The option's number, `answer1..answer4` (ARC's format in commonsense-170k): the model
+    /// must map the word it recognises to its position.
+    #[default]
+    Index,
+    /// The option's word itself ("the correct answer is mountain"), read back by the set of
+    /// the test set's answer words: the model only has to pick and copy it.
+    Word,
+}
+
 /// Settings of the task builder.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct WordNetTasksConfig {
@@ -60,6 +74,9 @@ pub struct WordNetTasksConfig {
     /// Where wrong options come from.
     #[serde(default)]
     pub distractors: Distractors,
+    /// How definition questions are answered.
+    #[serde(default)]
+    pub definition_answer: DefinitionAnswer,
 }
 
 impl Default for WordNetTasksConfig {
@@ -71,6 +88,7 @@ impl Default for WordNetTasksConfig {
             min_count: 5,
             test_fraction: 0.25,
             distractors: Distractors::Near,
+            definition_answer: DefinitionAnswer::Index,
         }
     }
 }
@@ -130,11 +148,14 @@ fn word_of(s: &Synset) -> &str {
     &s.words[0].0
 }
 
+/// What every reply says before its answer (LLM-Adapters' format).
+const REPLY_PREFIX: &str = "the correct answer is";
+
 fn example(instruction: String, answer: &str) -> InstructionExample {
     InstructionExample {
         instruction,
         input: String::new(),
-        output: format!("the correct answer is {answer}"),
+        output: format!("{REPLY_PREFIX} {answer}"),
         answer: answer.to_string(),
     }
 }
@@ -155,6 +176,7 @@ fn definition_questions(
     pool: &[Entry<'_>],
     n: usize,
     distractors: Distractors,
+    answer: DefinitionAnswer,
     rng: &mut StdRng,
 ) -> Vec<InstructionExample> {
     let mut out = Vec::new();
@@ -181,12 +203,19 @@ fn definition_questions(
         let at = out.len() % 4;
         let mut options: Vec<&str> = others[..3].to_vec();
         options.insert(at, word);
+        let (format, reply) = match answer {
+            DefinitionAnswer::Index => (
+                "answer1/answer2/answer3/answer4".to_string(),
+                ["answer1", "answer2", "answer3", "answer4"][at],
+            ),
+            DefinitionAnswer::Word => (options.join("/"), word),
+        };
         out.push(example(
             format!(
-                "Please choose the correct answer to the question: which word means \"{definition}\"?\n\nAnswer1: {}\n\nAnswer2: {}\n\nAnswer3: {}\n\nAnswer4: {}\n\nAnswer format: answer1/answer2/answer3/answer4",
+                "Please choose the correct answer to the question: which word means \"{definition}\"?\n\nAnswer1: {}\n\nAnswer2: {}\n\nAnswer3: {}\n\nAnswer4: {}\n\nAnswer format: {format}",
                 options[0], options[1], options[2], options[3]
             ),
-            ["answer1", "answer2", "answer3", "answer4"][at],
+            reply,
         ));
     }
     out
@@ -263,17 +292,27 @@ pub fn build_tasks(wn: &WordNet, config: &WordNetTasksConfig) -> Result<WordNetT
     }
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut pool = word_pool(wn, config.min_count);
+    if config.definition_answer == DefinitionAnswer::Word {
+        // An answer word inside the reply's own text would be read before the answer.
+        pool.retain(|e| !REPLY_PREFIX.split(' ').any(|w| w == word_of(e.synset)));
+    }
     pool.shuffle(&mut rng);
     let n_test = ((pool.len() as f64) * config.test_fraction).round() as usize;
     let (test_pool, train_pool) = pool.split_at(n_test);
 
     let mut train = Vec::new();
     let mut tests = Vec::new();
-    let d = config.distractors;
-    let definitions_train =
-        definition_questions(train_pool, train_pool, config.train_per_task, d, &mut rng);
+    let (d, a) = (config.distractors, config.definition_answer);
+    let definitions_train = definition_questions(
+        train_pool,
+        train_pool,
+        config.train_per_task,
+        d,
+        a,
+        &mut rng,
+    );
     let definitions_test =
-        definition_questions(test_pool, test_pool, config.test_per_task, d, &mut rng);
+        definition_questions(test_pool, test_pool, config.test_per_task, d, a, &mut rng);
     let hypernyms_train = hypernym_questions(
         wn,
         train_pool,

@@ -91,11 +91,27 @@ impl Task {
     }
 }
 
+/// The first position of `word` in `text` not inside a longer word (a task's own answer
+/// words can be any words: `cat` must not be read out of "category").
+fn find_whole_word(text: &str, word: &str) -> Option<usize> {
+    let is_word_char = |c: char| c.is_alphanumeric() || c == '_';
+    text.match_indices(word).map(|(pos, _)| pos).find(|&pos| {
+        let before = text[..pos].chars().next_back();
+        let after = text[pos + word.len()..].chars().next();
+        let alnum_edge = |c: Option<char>, edge: Option<char>| {
+            matches!((c, edge), (Some(c), Some(e)) if is_word_char(c) && is_word_char(e))
+        };
+        !alnum_edge(before, word.chars().next()) && !alnum_edge(after, word.chars().next_back())
+    })
+}
+
 /// How a task's answer is read from generated text: the first (leftmost) match of one of its
-/// answer words, or of a regular expression.
+/// answer words (as a whole word), or of a regular expression.
 #[derive(Clone, Debug)]
 pub enum AnswerFormat {
-    /// Answer words; at one position the longest wins (`answer10` over `answer1`).
+    /// Answer words, matched as whole words (`cat` is not read out of "category"; a word
+    /// that starts or ends with punctuation matches there as it is); at one position the
+    /// longest wins.
     Words(Vec<String>),
     /// A regular expression (its leftmost match is the answer), e.g. `answer[1-4]`.
     Pattern(regex::Regex),
@@ -108,7 +124,7 @@ impl AnswerFormat {
         match self {
             AnswerFormat::Words(words) => words
                 .iter()
-                .filter_map(|w| text.find(w.as_str()).map(|pos| (pos, w.len())))
+                .filter_map(|w| find_whole_word(text, w).map(|pos| (pos, w.len())))
                 .min_by_key(|&(pos, len)| (pos, std::cmp::Reverse(len)))
                 .map(|(pos, len)| &text[pos..pos + len]),
             AnswerFormat::Pattern(re) => re.find(text).map(|m| m.as_str()),
