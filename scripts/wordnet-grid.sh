@@ -46,9 +46,11 @@ if [ ! -x "$IPA" ]; then
     echo "wordnet-grid: $IPA is not built (cargo build --release, or set IPA=...)" >&2
     exit 1
 fi
-MODEL="$(bash scripts/fetch-models.sh smollm2 | tail -n 1)"
-DATA="$RUNS/data"
 mkdir -p "$RUNS"
+# The model through a link in RUNS, so the records name it by a path relative to the clone.
+MODEL="$RUNS/SmolLM2-135M-Instruct.Q4_1.gguf"
+ln -sfn "$(bash scripts/fetch-models.sh smollm2 | tail -n 1)" "$MODEL"
+DATA="$RUNS/data"
 
 # The task set: the same words and questions for every run.
 if [ ! -f "$DATA/train.json" ]; then
