@@ -177,14 +177,16 @@ fn the_table_is_the_mean_and_spread_over_seeds() {
     // An archive keeps the records without the weights and reports the same table and
     // cosines; archiving again adds nothing; a changed record is refused, naming the file.
     let archive = root.join("archive");
-    let stdout = ipa_ok(&[
+    let report_2 = root.join("report-2");
+    let archive_args = [
         "report",
         s(&runs),
         "--out",
-        s(&root.join("report-2")),
+        s(&report_2),
         "--archive",
         s(&archive),
-    ]);
+    ];
+    let stdout = ipa_ok(&archive_args);
     assert!(stdout.contains("archived 24 files"), "{stdout}");
     assert!(!archive.join("lora-0/adapter").exists());
     assert!(archive.join("lora-0/projector_cosine.json").is_file());
@@ -208,14 +210,7 @@ fn the_table_is_the_mean_and_spread_over_seeds() {
         without_dirs(&from_archive.join("report.json")),
         without_dirs(&out.join("report.json"))
     );
-    let again = ipa_ok(&[
-        "report",
-        s(&runs),
-        "--out",
-        s(&root.join("report-2")),
-        "--archive",
-        s(&archive),
-    ]);
+    let again = ipa_ok(&archive_args);
     assert!(again.contains("archived 0 files"), "{again}");
     std::fs::write(
         runs.join("ipa-2/eval/accuracy.json"),
@@ -223,14 +218,7 @@ fn the_table_is_the_mean_and_spread_over_seeds() {
     )
     .unwrap();
     ipa_err(
-        &[
-            "report",
-            s(&runs),
-            "--out",
-            s(&root.join("report-2")),
-            "--archive",
-            s(&archive),
-        ],
+        &archive_args,
         &[
             "ipa-2/eval/accuracy.json",
             "already archived with other contents",

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn_ipa::data::instruction::InstructionExample;
 use burn_ipa::data::wordnet::{parse_data_line, Pos, WordNet};
@@ -304,21 +304,27 @@ fn word_answers_name_the_option_and_read_back_from_the_reply() {
 fn ipa_wordnet_tasks_writes_a_dataset_ipa_eval_reads() {
     let root = temp_dir("wordnet-cli");
     let out = root.join("tasks");
-    let stdout = ipa_ok(&[
-        "wordnet-tasks",
-        "--wordnet",
-        s(&fixture_dir()),
-        "--train-per-task",
-        "20",
-        "--test-per-task",
-        "4",
-        "--test-fraction",
-        "0.3",
-        "--seed",
-        "1",
-        "--out",
-        s(&out),
-    ]);
+    // 20 training and 4 test questions per task from seed 1, with `extra` settings.
+    let fixture = fixture_dir();
+    let tasks_into = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "wordnet-tasks",
+            "--wordnet",
+            s(&fixture),
+            "--train-per-task",
+            "20",
+            "--test-per-task",
+            "4",
+            "--test-fraction",
+            "0.3",
+            "--seed",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["--out", s(out)]);
+        ipa_ok(&args)
+    };
+    let stdout = tasks_into(&out, &[]);
     assert!(stdout.contains("wordnet_definitions (4)"), "{stdout}");
     let train = burn_ipa::data::instruction::load_examples(&out.join("train.json"), false).unwrap();
     assert_eq!(train.len(), 40);
@@ -332,25 +338,10 @@ fn ipa_wordnet_tasks_writes_a_dataset_ipa_eval_reads() {
     }
     // --distractors far: recorded, and other options (each from another lexicographer file).
     let far = root.join("far");
-    ipa_ok(&[
-        "wordnet-tasks",
-        "--wordnet",
-        s(&fixture_dir()),
-        "--train-per-task",
-        "20",
-        "--test-per-task",
-        "4",
-        "--test-fraction",
-        "0.3",
-        "--seed",
-        "1",
-        "--distractors",
-        "far",
-        "--definition-answer",
-        "word",
-        "--out",
-        s(&far),
-    ]);
+    tasks_into(
+        &far,
+        &["--distractors", "far", "--definition-answer", "word"],
+    );
     let record: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(far.join("wordnet_tasks_config.json")).unwrap(),
     )
