@@ -98,12 +98,6 @@ fn run_learner(
 }
 
 #[track_caller]
-fn assert_close_f32(got: &[f32], want: &[f32], tol: f64, what: &str) {
-    let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
-    let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
-    assert_close(&got, &want, tol, what);
-}
-
 #[test]
 fn the_learner_takes_the_step_loops_steps() {
     let _serial = serial();
@@ -166,11 +160,12 @@ fn the_learner_takes_the_step_loops_steps() {
     // Clipping was active (max norm 0.05), so the same adapters also mean the same clipping.
     assert!(looped.history.iter().any(|r| r.grad_norm.unwrap() > 0.05));
     // On one device the Learner runs the loop's operations in the loop's order: the same
-    // values to the bit.
-    assert_eq!(
-        adapter_values(&learned.model),
-        adapter_values(&looped.model.valid()),
-        "adapters after the run"
+    // values (to the bit in practice; `SAME_RUN_TOL` says why that is not promised).
+    assert_close_f32(
+        &adapter_values(&learned.model),
+        &adapter_values(&looped.model.valid()),
+        SAME_RUN_TOL,
+        "adapters after the run",
     );
 
     // metrics.csv holds the loop's columns, a line per step.
@@ -290,12 +285,17 @@ fn a_run_stopped_inside_a_window_resumes_to_the_uninterrupted_adapters() {
     .unwrap();
     assert!(!resumed.stopped_early);
     assert_eq!(resumed.resumed_from, 2);
-    assert_eq!(resumed.log.history, whole.log.history);
-    assert_eq!(adapter_values(&resumed.model), adapter_values(&whole.model));
+    assert_same_history(&resumed.log.history, &whole.log.history);
+    assert_close_f32(
+        &adapter_values(&resumed.model),
+        &adapter_values(&whole.model),
+        SAME_RUN_TOL,
+        "adapters of the resumed run",
+    );
     let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-    assert_eq!(
-        csv,
-        std::fs::read_to_string(whole_dir.join("metrics.csv")).unwrap()
+    assert_same_metrics_csv(
+        &csv,
+        &std::fs::read_to_string(whole_dir.join("metrics.csv")).unwrap(),
     );
 
     // The checkpoints hold the adapters only: each window's model record is a small share of
@@ -358,7 +358,12 @@ fn a_resume_with_another_run_or_damaged_checkpoints_is_an_error() {
         1,
     )
     .unwrap();
-    assert_eq!(adapter_values(&resumed.model), adapter_values(&whole.model));
+    assert_close_f32(
+        &adapter_values(&resumed.model),
+        &adapter_values(&whole.model),
+        SAME_RUN_TOL,
+        "adapters resumed from the previous window",
+    );
 
     // Every checkpoint damaged: an error naming the file, no panic.
     for w in burn_ipa::train::learner::checkpoint_windows(&dir) {

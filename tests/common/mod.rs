@@ -1,6 +1,6 @@
-//! Shared test helpers. The backend under test is ndarray by default; build the tests with
-//! `--features test-flex` to run the same bodies on burn-flex, `--features test-wgpu` or
-//! `--features test-cuda` to run them on a GPU.
+//! Shared test helpers. The backend under test is burn-flex, the binary's default, unless the
+//! tests are built with `--features test-ndarray` (burn's legacy CPU backend), `test-wgpu` or
+//! `test-cuda` (a GPU).
 #![allow(dead_code)]
 
 pub mod gguf_writer;
@@ -13,12 +13,12 @@ pub type TestBackend = burn::backend::Cuda;
 #[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
 pub type TestBackend = burn::backend::Wgpu;
 #[cfg(all(
-    feature = "test-flex",
+    feature = "test-ndarray",
     not(any(feature = "test-wgpu", feature = "test-cuda"))
 ))]
-pub type TestBackend = burn::backend::Flex;
-#[cfg(not(any(feature = "test-flex", feature = "test-wgpu", feature = "test-cuda")))]
 pub type TestBackend = burn::backend::NdArray<f32>;
+#[cfg(not(any(feature = "test-ndarray", feature = "test-wgpu", feature = "test-cuda")))]
+pub type TestBackend = burn::backend::Flex;
 
 /// f64 CPU backend for checks that need more than f32 precision.
 pub type Exact = burn::backend::NdArray<f64>;
@@ -101,6 +101,70 @@ pub fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
         worst <= tol,
         "{what}: max relative error {worst:e} > {tol:e}"
     );
+}
+
+/// `assert_close` on f32 values (adapter weights), compared in f64.
+pub fn assert_close_f32(got: &[f32], want: &[f32], tol: f64, what: &str) {
+    let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+    let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+    assert_close(&got, &want, tol, what);
+}
+
+/// Relative tolerance of "the same run" across processes (a resume against the uninterrupted
+/// run). Bit-for-bit equality is what one machine usually gives, but no backend promises it:
+/// GPU kernels are autotuned again in a new process, and the CPU kernels may sum in another
+/// order by thread count, buffer alignment or whether an input could be updated in place
+/// (seen once on a CPU CI machine: one step's gradient norm 1 f32 ulp apart). A resume that
+/// lost the optimizer state, the schedule or the dropout seeds is off by orders of magnitude
+/// more.
+pub const SAME_RUN_TOL: f64 = 1e-5;
+
+/// Two runs' step records are the same run: steps, epochs and learning rates equal; losses,
+/// validation losses, accuracies and gradient norms within `SAME_RUN_TOL`.
+pub fn assert_same_history(
+    got: &[burn_ipa::train::StepRecord],
+    want: &[burn_ipa::train::StepRecord],
+) {
+    let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(x), Some(y)) => (x - y).abs() <= SAME_RUN_TOL * (1.0 + y.abs()),
+        (x, y) => x == y,
+    };
+    assert_eq!(got.len(), want.len(), "steps in the history");
+    for (a, b) in got.iter().zip(want) {
+        assert_eq!((a.step, a.epoch, a.lr), (b.step, b.epoch, b.lr), "{a:?} vs {b:?}");
+        assert!(
+            close(Some(a.loss), Some(b.loss))
+                && close(a.valid_loss, b.valid_loss)
+                && close(a.accuracy, b.accuracy)
+                && close(a.grad_norm, b.grad_norm),
+            "{a:?} vs {b:?}"
+        );
+    }
+}
+
+/// The same as `assert_same_history`, on two `metrics.csv` files' contents.
+pub fn assert_same_metrics_csv(got: &str, want: &str) {
+    let parse = |csv: &str| -> Vec<burn_ipa::train::StepRecord> {
+        let mut lines = csv.lines();
+        assert_eq!(lines.next(), Some(burn_ipa::train::trainer::METRICS_HEADER));
+        lines
+            .map(|line| {
+                let f: Vec<&str> = line.split(',').collect();
+                assert_eq!(f.len(), 7, "metrics.csv line {line:?}");
+                let opt = |s: &str| (!s.is_empty()).then(|| s.parse::<f64>().unwrap());
+                burn_ipa::train::StepRecord {
+                    step: f[0].parse().unwrap(),
+                    epoch: f[1].parse().unwrap(),
+                    loss: f[2].parse().unwrap(),
+                    lr: f[3].parse().unwrap(),
+                    valid_loss: opt(f[4]),
+                    accuracy: opt(f[5]),
+                    grad_norm: opt(f[6]),
+                }
+            })
+            .collect()
+    };
+    assert_same_history(&parse(got), &parse(want));
 }
 
 /// Sine of the largest principal angle between the row spaces of two `[r, d]` matrices with
