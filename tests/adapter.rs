@@ -1,4 +1,4 @@
-//! The adapter suite on the backend under test (ndarray f32 by default; see `common`).
+//! The adapter suite on the backend under test (flex by default; see `common`).
 
 mod common;
 

@@ -296,7 +296,9 @@ fn ipa_adapter_exports_as_lora_with_alpha_scale_times_rank() {
     let loaded = load_peft(&mut again, &out).unwrap();
     assert!((loaded.config.scale() - 0.25).abs() < 1e-15);
     assert!(loaded.config.dora);
-    compare(&logits(&again, &exp), &before, &exp, 1e-6, "ipa reloaded");
+    // The reloaded adapter computes in another order (peft's layout, the scale in alpha):
+    // the same function to f32 rounding through two layers.
+    compare(&logits(&again, &exp), &before, &exp, 1e-5, "ipa reloaded");
 
     // Adapters on some layers only: target_modules becomes a full-match pattern.
     let mut partial = load_decoder::<B>(&base_dir(), &Default::default()).unwrap();

@@ -1,4 +1,4 @@
-//! The projector suite on the backend under test (ndarray f32 by default; see `common`).
+//! The projector suite on the backend under test (flex by default; see `common`).
 
 mod common;
 

@@ -256,7 +256,7 @@ impl<B: Backend> AdaptedLinear<B> {
         let bias = self.base.bias.as_ref().map(|b| b.val());
         let s = adapter.config.scale();
         let dropout_active = adapter.dropout.prob > 0.0 && B::ad_enabled(&x.device());
-        let x_drop = adapter.dropout.forward(x.clone());
+        let x_drop = super::dropout(x.clone(), adapter.dropout.prob);
         let residual = linear_2d(
             linear_2d(x_drop.clone(), adapter.projector.val(), None),
             adapter.up.val(),

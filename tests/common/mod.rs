@@ -131,7 +131,11 @@ pub fn assert_same_history(
     };
     assert_eq!(got.len(), want.len(), "steps in the history");
     for (a, b) in got.iter().zip(want) {
-        assert_eq!((a.step, a.epoch, a.lr), (b.step, b.epoch, b.lr), "{a:?} vs {b:?}");
+        assert_eq!(
+            (a.step, a.epoch, a.lr),
+            (b.step, b.epoch, b.lr),
+            "{a:?} vs {b:?}"
+        );
         assert!(
             close(Some(a.loss), Some(b.loss))
                 && close(a.valid_loss, b.valid_loss)

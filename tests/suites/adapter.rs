@@ -317,6 +317,49 @@ fn gradients_reach_only_adapter_parameters() {
     }
 }
 
+/// Dropout against its definition: each element kept with probability 1 − p and scaled by
+/// 1/(1 − p), a new mask each call, the identity without autodiff. (That a seed fixes the
+/// masks is the training suite's resume test, with dropout on: the generator is global to the
+/// process, and this suite's tests run in parallel.)
+#[test]
+fn dropout_keeps_one_minus_p_scaled_by_its_inverse() {
+    type A = Autodiff<SuiteBackend>;
+    let device = Default::default();
+    let n = 200_000;
+    let p = 0.1;
+    let draw = |seed: u64| {
+        A::seed(&device, seed);
+        let x = Tensor::<A, 2>::ones([n / 1000, 1000], &device);
+        host(burn_ipa::adapter::dropout(x, p))
+    };
+    let a = draw(3);
+    let scale = 1.0 / (1.0 - p);
+    let dropped = a.iter().filter(|&&v| v == 0.0).count();
+    let tol = tol::<SuiteBackend>(1e-6, 1e-12);
+    assert!(
+        a.iter()
+            .all(|&v| v == 0.0 || (v - scale).abs() <= tol * scale),
+        "kept elements scaled by 1/(1 - p)"
+    );
+    // Binomial(n, p): 5 standard deviations.
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    assert!(
+        (dropped as f64 - n as f64 * p).abs() < 5.0 * sd,
+        "{dropped} of {n} dropped, expected {}",
+        n as f64 * p
+    );
+    assert_ne!(a, draw(4), "another mask");
+    // Inference (no autodiff) and p = 0 leave the input alone.
+    let x = Tensor::<SuiteBackend, 2>::ones([4, 5], &device);
+    assert!(host(burn_ipa::adapter::dropout(x, 0.5))
+        .iter()
+        .all(|&v| v == 1.0));
+    let x = Tensor::<A, 2>::ones([4, 5], &device);
+    assert!(host(burn_ipa::adapter::dropout(x, 0.0))
+        .iter()
+        .all(|&v| v == 1.0));
+}
+
 #[test]
 fn trainable_parameter_counts() {
     // Llama-2 7B q_proj at r = 32: B is 4096·32, P another 4096·32, DoRA adds 4096.
