@@ -3,7 +3,7 @@
 # SmolLM2-135M-Instruct, fine-tuned on WordNet questions (ipa wordnet-tasks), with the
 # ablations of the paper's §4.3 and the two baselines, then `ipa report`.
 #
-#   scripts/wordnet-grid.sh [zero-shot|main|ablations|baselines|report|all]   (default: all)
+#   scripts/wordnet-grid.sh [zero-shot|main|scale|ablations|baselines|report|all]   (default: all)
 #
 # Every run is resumable: stop it at any time and start the script again; finished runs are
 # skipped (their eval/accuracy.json exists, in RUNS or in the ARCHIVE), unfinished ones
@@ -133,6 +133,14 @@ ablations() {
     done
 }
 
+# IPA frozen with LoRA's update scale (alpha/r = 2 instead of the authors' 0.25): whether a gap
+# between IPA and LoRA at this budget is the projector or the smaller step.
+scale() {
+    for seed in $SEEDS; do
+        run ipa-scale2 "$seed" --method ipa --scaling 2 --rank "$RANK" --targets "$TARGETS"
+    done
+}
+
 baselines() {
     local seed
     seed="$(echo "$SEEDS" | cut -d' ' -f1)"
@@ -150,9 +158,10 @@ report() {
 case "$WHAT" in
     zero-shot) zero_shot ;;
     main) main ;;
+    scale) scale ;;
     ablations) ablations ;;
     baselines) baselines ;;
     report) report ;;
-    all) zero_shot; main; ablations; baselines; report ;;
-    *) echo "usage: $0 [zero-shot|main|ablations|baselines|report|all]" >&2; exit 2 ;;
+    all) zero_shot; main; baselines; scale; ablations; report ;;
+    *) echo "usage: $0 [zero-shot|main|scale|ablations|baselines|report|all]" >&2; exit 2 ;;
 esac
