@@ -2,11 +2,13 @@
 # A GPU check in two halves: build here (no GPU needed), run on the GPU machine in one call.
 #
 #   scripts/gpu-check.sh build [DIR]   build the `ipa` release binary and the CUDA test binaries
-#                                      (stripped) into DIR (default: gpu-check/), with this
-#                                      script and benches/torch_reference.py; refuses a bundle
-#                                      over 64 MiB
+#                                      (stripped), with this script and
+#                                      benches/torch_reference.py, into DIR/bundle.tar.xz
+#                                      (default DIR: gpu-check/; ~30 MiB: the binaries are
+#                                      ~200 MiB unpacked); refuses an archive over 64 MiB
 #   scripts/gpu-check.sh run [DIR]     on the GPU machine, in a copy of the checkout (for the
-#                                      test fixtures) with the bundle: the tests, then each
+#                                      test fixtures) with DIR: unpacks the bundle (Python's
+#                                      tarfile, no xz needed), then the tests, then each
 #                                      benchmark next to its PyTorch reference (same settings,
 #                                      same GPU, same call); writes DIR/report.md (and to $OUT
 #                                      when set)
@@ -31,28 +33,43 @@ limit_mib=64
 
 case "$mode" in
 build)
-    dir="${2:-$root/gpu-check}"
-    mkdir -p "$dir/bin" "$dir/tests"
+    out_dir="${2:-$root/gpu-check}"
+    # Staged in a scratch folder: only the archive goes into DIR (what is carried to the GPU).
+    dir="$(mktemp -d)"
+    trap 'rm -rf "$dir"' EXIT
+    mkdir -p "$dir/bin" "$dir/tests" "$out_dir"
     cd "$root"
     cargo build --release --locked --no-default-features --features "$features" --bin ipa
     target="${CARGO_TARGET_DIR:-$root/target}"
     cp "$target/release/ipa" "$dir/bin/ipa"
     # The test binaries: cargo prints each one's path as JSON; keep the ones named in TESTS.
+    # (compile errors are printed from the JSON stream; pipefail stops the script there.)
     cargo test --locked --no-run --no-default-features --features "test-$features" \
         $(for t in $tests; do printf -- '--test %s ' "$t"; done) \
-        --message-format=json 2>/dev/null |
+        --message-format=json |
         "$python" -c '
 import json, sys, shutil, os
 for line in sys.stdin:
     msg = json.loads(line)
+    if msg.get("reason") == "compiler-message" and msg["message"]["level"] == "error":
+        sys.stderr.write(msg["message"]["rendered"])
     if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["kind"] == ["test"]:
         shutil.copy(msg["executable"], os.path.join(sys.argv[1], msg["target"]["name"]))
 ' "$dir/tests"
+    for t in $tests; do
+        if [ ! -x "$dir/tests/$t" ]; then
+            echo "error: the test binary '$t' was not built (TESTS=\"$tests\")" >&2
+            exit 1
+        fi
+    done
     strip "$dir/bin/ipa" "$dir"/tests/*
     # The fixtures stay in the checkout: `run` points the tests at it with BURN_IPA_SOURCE.
     cp "$root/scripts/gpu-check.sh" "$root/benches/torch_reference.py" "$dir/"
-    size=$(du -sm "$dir" | cut -f1)
-    echo "bundle: $dir, ${size} MiB"
+    archive="$out_dir/bundle.tar.xz"
+    tar -C "$dir" -cJf "$archive.tmp" bin tests gpu-check.sh torch_reference.py
+    mv "$archive.tmp" "$archive"
+    size=$(du -m "$archive" | cut -f1)
+    echo "bundle: $archive, ${size} MiB ($(du -sm "$dir" | cut -f1) MiB unpacked)"
     if [ "$size" -gt "$limit_mib" ]; then
         echo "error: the bundle is ${size} MiB, over the ${limit_mib} MiB the GPU machine receives;" \
             "bundle fewer test binaries (TESTS=...)" >&2
@@ -73,6 +90,10 @@ run | dry-run)
         run_tests=0
     else
         dir="${2:-$(cd "$(dirname "$0")" && pwd)}"
+        if [ -f "$dir/bundle.tar.xz" ] && [ ! -x "$dir/bin/ipa" ]; then
+            "$python" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+                "$dir/bundle.tar.xz" "$dir"
+        fi
         ipa="$dir/bin/ipa"
         torch_device=cuda
         fit_widths=4096,14336
