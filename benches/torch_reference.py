@@ -4,6 +4,7 @@ a ratio can be taken side by side, in one sitting, on one machine.
     python benches/torch_reference.py train    --model M --method lora --rank 32 --batch 4 --seq 128
     python benches/torch_reference.py fit-pass --model M --rank 32 --batch 4 --seq 128
     python benches/torch_reference.py fit      --widths 4096,14336 --rank 32 --batch-tokens 4096
+    python benches/torch_reference.py generate --model M --chat --prompt "..." --max-new-tokens 64
 
 M is an HF model folder, a .gguf file (read by transformers with `gguf_file=`, dequantized to
 the chosen dtype) or `random:<size>` with the shapes of src/bench/model.rs.
@@ -19,6 +20,9 @@ the chosen dtype) or `random:<size>` with the shapes of src/bench/model.rs.
   every targeted linear, as their code does (one estimator per linear: q, k and v each fit on
   the same input), next to the plain forward.
 * fit: that update alone on synthetic rows of width d (the `ipa bench fit` settings).
+* generate: transformers' greedy `generate` with its KV cache on one prompt (the chat template
+  with --chat), timed from the prompt's ids to the last token, as `ipa generate` times it,
+  after a 2-token call that takes generate's first-call setup out of the figure.
 
 Needs the fixture venv (torch, transformers, peft, gguf). Never needed by users or CI.
 Prints one Markdown row per measurement and, with --json, writes the rows with the field
@@ -270,6 +274,46 @@ def bench_fit(args):
     return rows
 
 
+def bench_generate(args):
+    from transformers import AutoTokenizer
+
+    device = args.device
+    model = load_model(args.model, DTYPES[args.dtype], device).eval()
+    if args.model.endswith(".gguf"):
+        folder, name = os.path.split(os.path.abspath(args.model))
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if args.chat:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": args.prompt}], add_generation_prompt=True, return_tensors="pt"
+        )
+        if not torch.is_tensor(ids):
+            ids = ids["input_ids"]
+    else:
+        ids = tokenizer(args.prompt, return_tensors="pt").input_ids
+    ids = ids.to(device)
+    with torch.no_grad():
+        # A short call first: generate's own first-call setup is not decoding (ipa has none).
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False)
+        sync(device)
+        start = time.perf_counter()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
+                             do_sample=False, num_beams=1)
+        sync(device)
+        seconds = time.perf_counter() - start
+    generated = out.shape[1] - ids.shape[1]
+    return [{
+        "backend": "torch",
+        "model": os.path.basename(args.model),
+        "prompt_tokens": ids.shape[1],
+        "generated_tokens": generated,
+        "seconds": seconds,
+        "tokens_per_second": generated / seconds,
+        "text": tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True),
+    }]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -297,10 +341,16 @@ def main():
     fit.add_argument("--rank", type=int, default=32)
     fit.add_argument("--batch-tokens", type=int, default=4096)
     fit.add_argument("--batches", type=int, default=5)
+    generate = sub.add_parser("generate", parents=[common])
+    generate.add_argument("--model", default="random:smollm2-135m")
+    generate.add_argument("--prompt", default="Write a short story about a lighthouse keeper.")
+    generate.add_argument("--chat", action="store_true")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = {"train": bench_train, "fit-pass": bench_fit_pass, "fit": bench_fit}[args.what](args)
+    rows = {"train": bench_train, "fit-pass": bench_fit_pass, "fit": bench_fit,
+            "generate": bench_generate}[args.what](args)
     for r in rows:
         print("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
     if args.json:

@@ -144,8 +144,10 @@ scale() {
 baselines() {
     local seed
     seed="$(echo "$SEEDS" | cut -d' ' -f1)"
-    run weights-qv "$seed" --method weights --targets q_proj,v_proj --learning-rate 1e-5
-    run full "$seed" --method full --learning-rate 1e-5
+    # Every weight moves here, so the step is the one full fine-tuning uses (run reads LR).
+    local LR=1e-5
+    run weights-qv "$seed" --method weights --targets q_proj,v_proj
+    run full "$seed" --method full
 }
 
 report() {
