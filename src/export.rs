@@ -870,7 +870,27 @@ pub fn export_merged_standalone<B: Backend>(
     tokenizer: &crate::models::tokenizer::Tokenizer,
     out_dir: &Path,
 ) -> Result<()> {
-    let merged = merged_copy(model, true)?;
+    write_standalone(model, tokenizer, out_dir, true)
+}
+
+/// [`export_model`] for a model loaded from a GGUF file: the weights `model` holds now
+/// (adapters merged if it has any) as a new HF checkpoint, as [`export_merged_standalone`]
+/// writes it: what a run that trained the weights themselves from a GGUF base leaves.
+pub fn export_model_standalone<B: Backend>(
+    model: &Decoder<B>,
+    tokenizer: &crate::models::tokenizer::Tokenizer,
+    out_dir: &Path,
+) -> Result<()> {
+    write_standalone(model, tokenizer, out_dir, false)
+}
+
+fn write_standalone<B: Backend>(
+    model: &Decoder<B>,
+    tokenizer: &crate::models::tokenizer::Tokenizer,
+    out_dir: &Path,
+    require_adapters: bool,
+) -> Result<()> {
+    let merged = merged_copy(model, require_adapters)?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for snap in merged.collect(None, None, false) {
         let path = snap.full_path();

@@ -752,3 +752,90 @@ fn fit_train_and_eval_from_a_gguf_file() {
         &["gguf_header_sha256"],
     );
 }
+
+/// `ipa train --method weights` and `--method full` from a GGUF file: the result is a new HF
+/// checkpoint (there are no source safetensors to mirror) that `ipa eval` loads; with
+/// `--targets q_proj,v_proj` only those weights differ from the base's (the HF fixture the
+/// GGUF was converted from, F32, so equal bit for bit), with `full` the others move too.
+#[test]
+fn weights_and_full_fine_tuning_from_a_gguf_file() {
+    let ws = Workspace::new("gguf-weights", 6, 2);
+    let model = ws.path("Tiny-Llama.F32.gguf");
+    let mut w = fixture_to_gguf(&fixture_dir("llama2"));
+    w.meta("llama.context_length", MetaValue::U32(512));
+    w.write(&model);
+    let base = tensors(&fixture_dir("llama2").join("model.safetensors"));
+    let (m, data) = (s(&model).to_string(), s(&ws.train_json()).to_string());
+    let train = |out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--model",
+            &m,
+            "--data",
+            &data,
+            "--cutoff",
+            "64",
+            "--val-set-size",
+            "4",
+            "--batch-size",
+            "4",
+            "--micro-batch-size",
+            "2",
+            "--max-steps",
+            "2",
+            "--learning-rate",
+            "1e-3",
+            "--out",
+            s(out),
+            "--quiet",
+        ];
+        a.extend_from_slice(extra);
+        ipa_ok(&a);
+        tensors(&out.join("model/model.safetensors"))
+    };
+    let qv = train(
+        &ws.path("qv"),
+        &["--method", "weights", "--targets", "q_proj,v_proj"],
+    );
+    let full = train(&ws.path("full"), &["--method", "full"]);
+    for (name, values) in &base {
+        let trained = |t: &BTreeMap<String, Vec<f32>>| {
+            t.get(name)
+                .unwrap_or_else(|| panic!("`{name}` is not in the trained checkpoint"))
+                != values
+        };
+        let targeted = name.contains("q_proj") || name.contains("v_proj");
+        assert_eq!(trained(&qv), targeted, "{name} (q,v run)");
+        if name.ends_with("proj.weight") {
+            assert!(trained(&full), "{name} (full run)");
+        }
+    }
+    for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(ws.path("qv/model").join(file).is_file(), "{file}");
+    }
+    let tasks = ws.path("tasks");
+    std::fs::create_dir_all(tasks.join("short")).unwrap();
+    std::fs::write(
+        tasks.join("short/test.json"),
+        r#"[{"instruction": "is a cat a pet?", "input": "", "output": "true", "answer": "true"}]"#,
+    )
+    .unwrap();
+    let eval = ws.path("eval");
+    ipa_ok(&[
+        "eval",
+        "--model",
+        s(&ws.path("qv/model")),
+        "--data-dir",
+        s(&tasks),
+        "--tasks",
+        "short",
+        "--num-beams",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        s(&eval),
+        "--quiet",
+    ]);
+    assert!(eval.join("accuracy.json").is_file());
+}

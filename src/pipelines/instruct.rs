@@ -642,10 +642,12 @@ fn save_adapter_dir<B: Backend>(
 }
 
 /// Replaces the folder `dir` by a model checkpoint of `model`'s weights in the layout of
-/// `source` (atomically: written beside it, then renamed).
+/// `source` (atomically: written beside it, then renamed); from a GGUF file, `tokenizer`'s
+/// `Some`, a new f32 HF checkpoint with that tokenizer.
 fn save_model_dir<B: Backend>(
     model: &Decoder<B>,
     source: &Path,
+    tokenizer: Option<&Tokenizer>,
     dir: &Path,
     extra: Option<(&str, &[u8])>,
 ) -> Result<()> {
@@ -660,7 +662,12 @@ fn save_model_dir<B: Backend>(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
     }
-    crate::export::export_model(model, source, &tmp, crate::export::WeightDtype::Source)?;
+    match tokenizer {
+        Some(tokenizer) => crate::export::export_model_standalone(model, tokenizer, &tmp)?,
+        None => {
+            crate::export::export_model(model, source, &tmp, crate::export::WeightDtype::Source)?
+        }
+    }
     if let Some((file, bytes)) = extra {
         write_atomic(&tmp.join(file), bytes)?;
     }
@@ -988,6 +995,12 @@ pub fn train<B: Backend>(
     let best_dir = out.join("checkpoints").join(BEST_DIR);
     let keep_best = run.keep == Keep::Best;
     let base_name = run.data.model.display().to_string();
+    // A GGUF base has no safetensors to mirror: a model result is written as a new checkpoint,
+    // with the tokenizer read from the file now (a failure here, not after training).
+    let gguf_tokenizer = match (&adapter, crate::models::gguf::is_gguf(&run.data.model)) {
+        (None, true) => Some(Tokenizer::load(&run.data.model)?),
+        _ => None,
+    };
     // The result of a run: its adapter, or the model whose weights trained.
     let save_result = |inner: &Decoder<B>,
                        step: usize,
@@ -1001,7 +1014,7 @@ pub fn train<B: Backend>(
                 ]);
                 save_adapter_dir(inner, adapter, metadata, dir, extra)
             }
-            None => save_model_dir(inner, &run.data.model, dir, extra),
+            None => save_model_dir(inner, &run.data.model, gguf_tokenizer.as_ref(), dir, extra),
         }
     };
     if control.ctrl_c {

@@ -27,6 +27,9 @@ pub struct VariantKey {
     pub fit_algorithm: Option<String>,
     /// The targets, for weight fine-tuning.
     pub targets: Option<String>,
+    /// Any other setting that differs between runs the fields above would put together (the
+    /// adapter's scale, the learning rate, ...), as `(name, value)`, sorted by name.
+    pub extra: Vec<(String, String)>,
 }
 
 impl VariantKey {
@@ -42,6 +45,7 @@ impl VariantKey {
             fit_fraction: None,
             fit_algorithm: None,
             targets: None,
+            extra: Vec::new(),
         };
         if run.eval_only {
             if let Some(adapter) = s.get("adapter").and_then(Value::as_str) {
@@ -118,12 +122,27 @@ impl VariantKey {
                     Some("kaiming") | None => {}
                     Some(other) => parts.push(other.to_string()),
                 }
+                parts.extend(self.extra_parts());
                 format!("{name} r={} ({})", self.rank.unwrap_or(0), parts.join(", "))
             }
-            "weights" => format!("weights {}", self.targets.as_deref().unwrap_or("")),
-            "full" => "full fine-tuning".into(),
-            other => other.to_string(),
+            other => {
+                let name = match other {
+                    "weights" => format!("weights {}", self.targets.as_deref().unwrap_or("")),
+                    "full" => "full fine-tuning".into(),
+                    _ => other.to_string(),
+                };
+                let parts = self.extra_parts();
+                if parts.is_empty() {
+                    name
+                } else {
+                    format!("{name} ({})", parts.join(", "))
+                }
+            }
         }
+    }
+
+    fn extra_parts(&self) -> Vec<String> {
+        self.extra.iter().map(|(k, v)| format!("{k} {v}")).collect()
     }
 
     /// The label without the rank (rank sweeps plot one line per such label).
@@ -189,12 +208,108 @@ fn seed_of(run: &RunRecord) -> u64 {
     run.settings["train"]["seed"].as_u64().unwrap_or(0)
 }
 
+/// A run's settings as `dotted.path → value`: the resolved adapter (`adapter.*`, which
+/// supersedes what was asked in `tuning.adapter`) and the rest of `settings`.
+fn flat_settings(run: &RunRecord) -> BTreeMap<String, Value> {
+    fn walk(prefix: String, v: &Value, out: &mut BTreeMap<String, Value>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(path, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix, other.clone());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    let mut settings = run.settings.clone();
+    if run.adapter.is_some() {
+        if let Some(tuning) = settings.get_mut("tuning").and_then(Value::as_object_mut) {
+            tuning.remove("adapter");
+        }
+    }
+    walk(String::new(), &settings, &mut out);
+    if let Some(adapter) = &run.adapter {
+        walk("adapter".into(), adapter, &mut out);
+    }
+    // The seeds are what a variant's runs differ by.
+    out.retain(|path, _| !(path == "seed" || path.ends_with(".seed")));
+    out
+}
+
+/// How a differing setting is named in a label: a short name for the usual ones, else the
+/// path without its section.
+fn setting_name(path: &str) -> String {
+    match path {
+        "adapter.scaling.factor" => "scale".into(),
+        "adapter.scaling.alpha" => "alpha".into(),
+        "train.learning_rate" => "lr".into(),
+        _ => path
+            .strip_prefix("adapter.")
+            .or_else(|| path.strip_prefix("train."))
+            .or_else(|| path.strip_prefix("data."))
+            .or_else(|| path.strip_prefix("tuning."))
+            .unwrap_or(path)
+            .to_string(),
+    }
+}
+
+fn setting_value(v: &Value) -> String {
+    match v {
+        Value::Null => "–".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Runs' keys: [`VariantKey::of`], then, among runs with equal keys, every other setting whose
+/// value is not the same for all of them goes into `extra`, so runs that differ only there
+/// stay apart (and say how they differ).
+fn keys_of(runs: &[RunRecord]) -> Vec<VariantKey> {
+    let mut keys: Vec<VariantKey> = runs.iter().map(VariantKey::of).collect();
+    let flat: Vec<BTreeMap<String, Value>> = runs.iter().map(flat_settings).collect();
+    let base = keys.clone();
+    for (i, key) in base.iter().enumerate() {
+        if runs[i].eval_only || base[..i].contains(key) {
+            continue;
+        }
+        let members: Vec<usize> = (0..runs.len()).filter(|&j| base[j] == *key).collect();
+        let mut paths: Vec<&String> = members.iter().flat_map(|&j| flat[j].keys()).collect();
+        paths.sort();
+        paths.dedup();
+        let differing: Vec<&String> = paths
+            .into_iter()
+            .filter(|p| {
+                let first = flat[members[0]].get(*p);
+                members.iter().any(|&j| flat[j].get(*p) != first)
+            })
+            .collect();
+        for &j in &members {
+            keys[j].extra = differing
+                .iter()
+                .map(|p| {
+                    let value = flat[j].get(*p).unwrap_or(&Value::Null);
+                    (setting_name(p), setting_value(value))
+                })
+                .collect();
+            keys[j].extra.sort();
+        }
+    }
+    keys
+}
+
 /// Groups runs into variants (equal [`VariantKey`]s), in the order each first appears.
 pub fn group(runs: &[RunRecord]) -> Vec<Variant> {
     let mut keys: Vec<VariantKey> = Vec::new();
     let mut members: Vec<Vec<&RunRecord>> = Vec::new();
-    for run in runs {
-        let key = VariantKey::of(run);
+    for (run, key) in runs.iter().zip(keys_of(runs)) {
         match keys.iter().position(|k| *k == key) {
             Some(i) => members[i].push(run),
             None => {
