@@ -139,6 +139,12 @@ scale() {
     for seed in $SEEDS; do
         run ipa-scale2 "$seed" --method ipa --scaling 2 --rank "$RANK" --targets "$TARGETS"
     done
+    # The rank sweep again at that scale, against LoRA frozen's (first seed).
+    local seed
+    seed="$(echo "$SEEDS" | cut -d' ' -f1)"
+    for r in 2 4 16 32; do
+        run "rank/ipa-scale2-r$r" "$seed" --method ipa --scaling 2 --rank "$r" --targets "$TARGETS"
+    done
 }
 
 baselines() {
@@ -148,6 +154,10 @@ baselines() {
     local LR=1e-5
     run weights-qv "$seed" --method weights --targets q_proj,v_proj
     run full "$seed" --method full
+    # At 35 steps 1e-5 barely moves them: the same at 1e-4.
+    LR=1e-4
+    run weights-qv-lr1e-4 "$seed" --method weights --targets q_proj,v_proj
+    run full-lr1e-4 "$seed" --method full
 }
 
 report() {
