@@ -279,38 +279,48 @@ fn a_rank_sweep_gets_its_plot() {
 
 #[test]
 fn runs_that_differ_in_another_setting_stay_apart() {
-    // IPA at the default scale (two seeds) and at scale 2 (one seed): the scale is not one of
-    // the table's named settings, but it differs, so it splits the rows and names them.
+    // IPA at the default scale (two seeds) and at scale 2 (one seed, and one at rank 4): the
+    // scale is not one of the table's named settings, but it differs, so it splits the rows
+    // and names them, the same way at every rank (a rank sweep's series stay whole).
     let root = temp_dir("report-extra");
     let runs = root.join("runs");
     let with_scale = |dir: &Path, factor: f64| {
         let path = dir.join("train_config.json");
         let mut config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        config["adapter"]["scaling"] = json!({"factor": factor});
+        config["settings"]["tuning"]["adapter"]["scaling"] = json!(factor);
         std::fs::write(&path, config.to_string()).unwrap();
     };
     for (name, seed, factor, a) in [
-        ("ipa-0", 0, 0.25, 0.4),
-        ("ipa-1", 1, 0.25, 0.6),
-        ("ipa-scale2-0", 0, 2.0, 0.9),
+        ("ipa-0", 0, None, 0.4),
+        ("ipa-1", 1, None, 0.6),
+        ("ipa-scale2-0", 0, Some(2.0), 0.9),
     ] {
         let dir = runs.join(name);
         write_run(&dir, "ipa", 8, false, seed, &[("a", a)], &[1.0]);
-        with_scale(&dir, factor);
+        if let Some(factor) = factor {
+            with_scale(&dir, factor);
+        }
     }
+    let r4 = runs.join("ipa-scale2-r4");
+    write_run(&r4, "ipa", 4, false, 0, &[("a", 0.7)], &[1.0]);
+    with_scale(&r4, 2.0);
     let out = root.join("report");
     ipa_ok(&["report", s(&runs), "--out", s(&out), "--no-plots"]);
     let table = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
-        table.contains("| IPA r=8 (P frozen, ipca 10%, scale 0.25) | 800 | 2 | 50.0 ± 14.1 |"),
+        table.contains("| IPA r=8 (P frozen, ipca 10%, scaling default) | 800 | 2 | 50.0 ± 14.1 |"),
         "{table}"
     );
     assert!(
-        table.contains("| IPA r=8 (P frozen, ipca 10%, scale 2.0) | 800 | 1 | 90.0 |"),
+        table.contains("| IPA r=8 (P frozen, ipca 10%, scaling 2.0) | 800 | 1 | 90.0 |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| IPA r=4 (P frozen, ipca 10%, scaling 2.0) | 400 | 1 | 70.0 |"),
         "{table}"
     );
     // Settings the runs share, and the seeds, name nothing.
     assert!(!table.contains("seed"), "{table}");
-    assert_eq!(table.matches("| IPA r=8").count(), 2, "{table}");
+    assert_eq!(table.matches("| IPA r=").count(), 3, "{table}");
 }

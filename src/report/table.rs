@@ -208,8 +208,23 @@ fn seed_of(run: &RunRecord) -> u64 {
     run.settings["train"]["seed"].as_u64().unwrap_or(0)
 }
 
-/// A run's settings as `dotted.path → value`: the resolved adapter (`adapter.*`, which
-/// supersedes what was asked in `tuning.adapter`) and the rest of `settings`.
+/// Settings the [`VariantKey`] fields already tell apart (or that the seed sets).
+const NAMED_SETTINGS: &[&str] = &[
+    "tuning.kind",
+    "tuning.adapter.method",
+    "tuning.adapter.rank",
+    "tuning.adapter.dora",
+    "tuning.adapter.train_projector",
+    "tuning.projectors.source",
+    "tuning.projectors.init",
+    "tuning.projectors.fit.rank",
+    "tuning.projectors.fit.fraction",
+    "tuning.projectors.fit.algorithm",
+    "targets",
+];
+
+/// A run's `settings` (what was asked, not what it resolved to: LoRA's alpha follows the
+/// rank unless given) as `dotted.path → value`, without the named ones and the seeds.
 fn flat_settings(run: &RunRecord) -> BTreeMap<String, Value> {
     fn walk(prefix: String, v: &Value, out: &mut BTreeMap<String, Value>) {
         match v {
@@ -229,18 +244,10 @@ fn flat_settings(run: &RunRecord) -> BTreeMap<String, Value> {
         }
     }
     let mut out = BTreeMap::new();
-    let mut settings = run.settings.clone();
-    if run.adapter.is_some() {
-        if let Some(tuning) = settings.get_mut("tuning").and_then(Value::as_object_mut) {
-            tuning.remove("adapter");
-        }
-    }
-    walk(String::new(), &settings, &mut out);
-    if let Some(adapter) = &run.adapter {
-        walk("adapter".into(), adapter, &mut out);
-    }
-    // The seeds are what a variant's runs differ by.
-    out.retain(|path, _| !(path == "seed" || path.ends_with(".seed")));
+    walk(String::new(), &run.settings, &mut out);
+    out.retain(|path, _| {
+        !(path == "seed" || path.ends_with(".seed") || NAMED_SETTINGS.contains(&path.as_str()))
+    });
     out
 }
 
@@ -248,14 +255,12 @@ fn flat_settings(run: &RunRecord) -> BTreeMap<String, Value> {
 /// path without its section.
 fn setting_name(path: &str) -> String {
     match path {
-        "adapter.scaling.factor" => "scale".into(),
-        "adapter.scaling.alpha" => "alpha".into(),
         "train.learning_rate" => "lr".into(),
         _ => path
-            .strip_prefix("adapter.")
+            .strip_prefix("tuning.adapter.")
+            .or_else(|| path.strip_prefix("tuning."))
             .or_else(|| path.strip_prefix("train."))
             .or_else(|| path.strip_prefix("data."))
-            .or_else(|| path.strip_prefix("tuning."))
             .unwrap_or(path)
             .to_string(),
     }
@@ -263,24 +268,33 @@ fn setting_name(path: &str) -> String {
 
 fn setting_value(v: &Value) -> String {
     match v {
-        Value::Null => "–".into(),
+        Value::Null => "default".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
 }
 
-/// Runs' keys: [`VariantKey::of`], then, among runs with equal keys, every other setting whose
-/// value is not the same for all of them goes into `extra`, so runs that differ only there
-/// stay apart (and say how they differ).
+/// Runs' keys: [`VariantKey::of`], then `extra`: among runs whose keys are equal but for the
+/// rank and the fit fraction (the series the sweeps plot), every other setting whose value is
+/// not the same for all of them, so runs that differ only there stay apart and say how.
 fn keys_of(runs: &[RunRecord]) -> Vec<VariantKey> {
     let mut keys: Vec<VariantKey> = runs.iter().map(VariantKey::of).collect();
     let flat: Vec<BTreeMap<String, Value>> = runs.iter().map(flat_settings).collect();
-    let base = keys.clone();
-    for (i, key) in base.iter().enumerate() {
-        if runs[i].eval_only || base[..i].contains(key) {
+    let series: Vec<VariantKey> = keys
+        .iter()
+        .map(|k| VariantKey {
+            rank: None,
+            fit_fraction: None,
+            ..k.clone()
+        })
+        .collect();
+    for (i, key) in series.iter().enumerate() {
+        if runs[i].eval_only || series[..i].contains(key) {
             continue;
         }
-        let members: Vec<usize> = (0..runs.len()).filter(|&j| base[j] == *key).collect();
+        let members: Vec<usize> = (0..runs.len())
+            .filter(|&j| !runs[j].eval_only && series[j] == *key)
+            .collect();
         let mut paths: Vec<&String> = members.iter().flat_map(|&j| flat[j].keys()).collect();
         paths.sort();
         paths.dedup();
@@ -305,7 +319,31 @@ fn keys_of(runs: &[RunRecord]) -> Vec<VariantKey> {
     keys
 }
 
-/// Groups runs into variants (equal [`VariantKey`]s), in the order each first appears.
+/// Where a variant goes in the table: LoRA, DoRA, IPA, IPA+DoRA, then the weight baselines
+/// and the base model; within each, by projector, fit and other settings, then by rank.
+fn table_order(key: &VariantKey) -> impl Ord + '_ {
+    let method = match key.method.as_str() {
+        "lora" => 0,
+        "ipa" => 1,
+        "weights" => 2,
+        "full" => 3,
+        "base" => 5,
+        _ => 4,
+    };
+    (
+        method,
+        key.dora,
+        key.projector_trained == Some(false),
+        key.projector.as_deref(),
+        key.fit_algorithm.as_deref(),
+        key.fit_fraction.map(|f| (f * 1e9) as u64),
+        &key.extra,
+        key.rank,
+        key.targets.as_deref(),
+    )
+}
+
+/// Groups runs into variants (equal [`VariantKey`]s), in [`table_order`].
 pub fn group(runs: &[RunRecord]) -> Vec<Variant> {
     let mut keys: Vec<VariantKey> = Vec::new();
     let mut members: Vec<Vec<&RunRecord>> = Vec::new();
@@ -318,7 +356,8 @@ pub fn group(runs: &[RunRecord]) -> Vec<Variant> {
             }
         }
     }
-    keys.into_iter()
+    let mut variants = keys
+        .into_iter()
         .zip(members)
         .map(|(key, runs)| {
             let mut accuracy = BTreeMap::new();
@@ -378,7 +417,9 @@ pub fn group(runs: &[RunRecord]) -> Vec<Variant> {
                 key,
             }
         })
-        .collect()
+        .collect::<Vec<_>>();
+    variants.sort_by(|a, b| table_order(&a.key).cmp(&table_order(&b.key)));
+    variants
 }
 
 /// `mean ± std` in one decimal (just the mean for one run).
