@@ -713,35 +713,7 @@ fn fit_train_and_eval_from_a_gguf_file() {
     ipa_ok(&train(&["--max-steps", "3", "--resume"]));
     assert!(run.join("adapter/adapter_model.safetensors").is_file());
 
-    // The tiny model has 128 positions: a task of short questions.
-    let tasks = ws.path("tasks");
-    std::fs::create_dir_all(tasks.join("short")).unwrap();
-    std::fs::write(
-        tasks.join("short/test.json"),
-        r#"[{"instruction": "is a cat a pet?", "input": "", "output": "true", "answer": "true"},
-            {"instruction": "is a rock a pet?", "input": "", "output": "false", "answer": "false"}]"#,
-    )
-    .unwrap();
-    let eval = ws.path("eval");
-    ipa_ok(&[
-        "eval",
-        "--model",
-        &m,
-        "--adapter",
-        s(&run.join("adapter")),
-        "--data-dir",
-        s(&tasks),
-        "--tasks",
-        "short",
-        "--num-beams",
-        "1",
-        "--max-new-tokens",
-        "2",
-        "--out",
-        s(&eval),
-        "--quiet",
-    ]);
-    assert!(eval.join("accuracy.json").is_file());
+    eval_short_task(&ws, &m, Some(&run.join("adapter")));
 
     // Another model at the same path: its metadata differs, and the resume says so.
     let mut w = longer();
@@ -813,18 +785,26 @@ fn weights_and_full_fine_tuning_from_a_gguf_file() {
     for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
         assert!(ws.path("qv/model").join(file).is_file(), "{file}");
     }
+    eval_short_task(&ws, s(&ws.path("qv/model")), None);
+}
+
+/// `ipa eval` of `model` (with `adapter`) on a task of two short questions (the tiny models
+/// have 128 positions), which must write its accuracy.
+fn eval_short_task(ws: &Workspace, model: &str, adapter: Option<&Path>) {
     let tasks = ws.path("tasks");
     std::fs::create_dir_all(tasks.join("short")).unwrap();
     std::fs::write(
         tasks.join("short/test.json"),
-        r#"[{"instruction": "is a cat a pet?", "input": "", "output": "true", "answer": "true"}]"#,
+        r#"[{"instruction": "is a cat a pet?", "input": "", "output": "true", "answer": "true"},
+            {"instruction": "is a rock a pet?", "input": "", "output": "false", "answer": "false"}]"#,
     )
     .unwrap();
     let eval = ws.path("eval");
-    ipa_ok(&[
-        "eval",
-        "--model",
-        s(&ws.path("qv/model")),
+    let mut args = vec!["eval", "--model", model];
+    if let Some(adapter) = adapter {
+        args.extend(["--adapter", s(adapter)]);
+    }
+    args.extend([
         "--data-dir",
         s(&tasks),
         "--tasks",
@@ -835,7 +815,9 @@ fn weights_and_full_fine_tuning_from_a_gguf_file() {
         "2",
         "--out",
         s(&eval),
+        "--overwrite",
         "--quiet",
     ]);
+    ipa_ok(&args);
     assert!(eval.join("accuracy.json").is_file());
 }
