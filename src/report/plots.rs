@@ -79,11 +79,24 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-/// The mean training loss per step of every variant that trained.
+/// How many loss curves one plot shows at most.
+const MAX_LOSS_CURVES: usize = 12;
+
+/// The mean training loss per step of every variant that trained (past
+/// [`MAX_LOSS_CURVES`], of those with the most runs).
 pub fn loss_curves(variants: &[Variant], path: &Path) -> Result<bool> {
-    let trained: Vec<&Variant> = variants.iter().filter(|v| !v.losses.is_empty()).collect();
+    let mut trained: Vec<&Variant> = variants.iter().filter(|v| !v.losses.is_empty()).collect();
     if trained.is_empty() {
         return Ok(false);
+    }
+    // A whole grid's curves are a tangle: past a dozen, the variants with the most seeds (the
+    // main comparison; the sweeps are in the other plots).
+    let mut caption = "Training loss (mean over seeds)".to_string();
+    if trained.len() > MAX_LOSS_CURVES {
+        let most = trained.iter().map(|v| v.dirs.len()).max().unwrap_or(1);
+        trained.retain(|v| v.dirs.len() == most);
+        trained.truncate(MAX_LOSS_CURVES);
+        caption = format!("Training loss (mean over seeds; the variants with {most} runs)");
     }
     let steps = trained
         .iter()
@@ -96,7 +109,7 @@ pub fn loss_curves(variants: &[Variant], path: &Path) -> Result<bool> {
     );
     render(path, |root| {
         let mut chart = ChartBuilder::on(root)
-            .caption("Training loss (mean over seeds)", ("sans-serif", 24))
+            .caption(caption.as_str(), ("sans-serif", 24))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(56)
