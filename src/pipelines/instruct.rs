@@ -995,12 +995,10 @@ pub fn train<B: Backend>(
     let best_dir = out.join("checkpoints").join(BEST_DIR);
     let keep_best = run.keep == Keep::Best;
     let base_name = run.data.model.display().to_string();
-    // A GGUF base has no safetensors to mirror: a model result is written as a new checkpoint,
-    // with the tokenizer read from the file now (a failure here, not after training).
-    let gguf_tokenizer = match (&adapter, crate::models::gguf::is_gguf(&run.data.model)) {
-        (None, true) => Some(Tokenizer::load(&run.data.model)?),
-        _ => None,
-    };
+    // A GGUF base has no safetensors to mirror: a model result is written as a new checkpoint
+    // with the file's tokenizer (the one the data was tokenized with).
+    let gguf_tokenizer = (adapter.is_none() && crate::models::gguf::is_gguf(&run.data.model))
+        .then_some(&data.tokenizer);
     // The result of a run: its adapter, or the model whose weights trained.
     let save_result = |inner: &Decoder<B>,
                        step: usize,
@@ -1014,7 +1012,7 @@ pub fn train<B: Backend>(
                 ]);
                 save_adapter_dir(inner, adapter, metadata, dir, extra)
             }
-            None => save_model_dir(inner, &run.data.model, gguf_tokenizer.as_ref(), dir, extra),
+            None => save_model_dir(inner, &run.data.model, gguf_tokenizer, dir, extra),
         }
     };
     if control.ctrl_c {
