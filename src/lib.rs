@@ -23,6 +23,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod fit;
+pub mod heap;
 pub mod models;
 pub mod pipelines;
 pub mod projector;

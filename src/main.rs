@@ -114,6 +114,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    burn_ipa::heap::retain_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
