@@ -11,8 +11,8 @@ use burn_ipa::adapter::{AdapterConfig, ProjectorInit};
 use burn_ipa::data::instruction::{TokenizedExample, IGNORE_INDEX};
 use burn_ipa::models::loading::load_decoder;
 use burn_ipa::train::{
-    causal_lm_loss, lm_batch, train, CausalLm, Monitor, RunOptions, TrainConfig, Validation,
-    WarmupLinearDecay,
+    causal_lm_loss, decoder_loss, frozen_head_loss_in_chunks, lm_batch, train, trainable_lm,
+    CausalLm, Monitor, RunOptions, TrainConfig, Trainable, Validation, WarmupLinearDecay,
 };
 use common::*;
 
@@ -79,6 +79,142 @@ fn causal_lm_loss_is_the_mean_shifted_cross_entropy_over_labelled_tokens() {
     let want = (1.0f64 + (-1.0f64).exp()).ln();
     let got = loss.into_scalar() as f64;
     assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+}
+
+/// The loss through a frozen head (computed detached, gradient injected) against the plain
+/// autodiff loss on full logits: value and gradient with respect to the final hidden states,
+/// on an untied head (Llama-2 fixture) and a tied one (Qwen-2), with padding, a masked prompt
+/// and more rows than one chunk holds.
+#[test]
+fn frozen_head_loss_matches_the_loss_on_full_logits_and_its_gradient() {
+    let _serial = serial();
+    let device = Default::default();
+    for model in ["llama2", "qwen2"] {
+        let dir = source_root().join("tests/fixtures/models").join(model);
+        let decoder = load_decoder::<B>(&dir, &Default::default()).unwrap();
+        let mut items = ragged_examples(5);
+        for label in items[1].labels.iter_mut().take(3) {
+            *label = IGNORE_INDEX;
+        }
+        let batch = lm_batch::<B>(&items, 0, &device);
+        let hidden = decoder
+            .hidden_states(batch.input_ids.clone(), &batch.options)
+            .unwrap()
+            .detach()
+            .require_grad();
+        let (want, want_count) =
+            causal_lm_loss(decoder.logits(hidden.clone()), batch.labels.clone());
+        let want_grad = hidden.grad(&want.backward()).unwrap();
+        let hidden = hidden.detach().require_grad();
+        let weight = decoder
+            .frozen_head()
+            .expect("an adapter-only model's head is frozen");
+        // 7 rows a chunk: the ~30 labelled rows take five chunks, the last one short.
+        let (got, got_count) =
+            frozen_head_loss_in_chunks(hidden.clone(), weight, batch.labels.clone(), 7);
+        let got_value: f64 = got.clone().into_scalar().into();
+        let got_grad = hidden.grad(&got.backward()).unwrap();
+        assert_eq!(got_count, want_count, "{model}");
+        // 5 rows of up to 10 tokens: the ignored prompt and each row's last position drop out.
+        let labelled: usize = items
+            .iter()
+            .map(|e| e.labels[1..].iter().filter(|&&l| l != IGNORE_INDEX).count())
+            .sum();
+        assert_eq!(got_count, labelled, "{model}");
+        let want_value: f64 = want.into_scalar().into();
+        assert!(
+            (got_value - want_value).abs() < 1e-5,
+            "{model}: {got_value} vs {want_value}"
+        );
+        let (g, w) = (
+            got_grad.into_data().to_vec::<f32>().unwrap(),
+            want_grad.into_data().to_vec::<f32>().unwrap(),
+        );
+        let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0, "{model}: the reference gradient is zero");
+        let worst = g
+            .iter()
+            .zip(&w)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst <= 1e-5 * scale.max(1.0),
+            "{model}: gradient differs by {worst} (scale {scale})"
+        );
+        // The whole model's loss goes through it, to the same value.
+        let (through, _) = decoder_loss(
+            &decoder,
+            batch.input_ids.clone(),
+            &batch.options,
+            batch.labels.clone(),
+        )
+        .unwrap();
+        let through: f64 = through.into_scalar().into();
+        assert!(
+            (through - want_value).abs() < 1e-5,
+            "{model}: {through} vs {want_value}"
+        );
+    }
+    // Through a whole adapted model: the adapters' gradients match the plain loss's.
+    let lora = AdapterConfig::lora(4).with_dropout(0.0);
+    for (k, model) in ["llama2", "qwen2"].into_iter().enumerate() {
+        let dir = source_root().join("tests/fixtures/models").join(model);
+        let mut decoder = load_decoder::<B>(&dir, &Default::default()).unwrap();
+        decoder
+            .attach_adapters(&targets(), None, &lora, |_| ProjectorInit::KaimingUniform)
+            .unwrap();
+        // A non-zero up-projection, so the projectors' gradients are non-zero too.
+        for (_, linear) in decoder.linears_mut() {
+            if let Some(adapter) = linear.adapter.as_mut() {
+                let shape = adapter.up.val().shape();
+                let up = Tensor::<B, 2>::random(
+                    shape,
+                    burn::tensor::Distribution::Normal(0.0, 0.1),
+                    &device,
+                );
+                adapter.up = burn::module::Param::from_tensor(up);
+            }
+        }
+        let items = ragged_examples(4 + k);
+        let batch = lm_batch::<B>(&items, 0, &device);
+        let grads_of = |loss: Tensor<B, 1>, decoder: &mut burn_ipa::models::llama::Decoder<B>| {
+            let grads = loss.backward();
+            decoder
+                .linears_mut()
+                .into_iter()
+                .filter_map(|(_, l)| l.adapter.as_ref().map(|a| (a.up.val(), a.projector.val())))
+                .flat_map(|(up, p)| [up.grad(&grads).unwrap(), p.grad(&grads).unwrap()])
+                .flat_map(|g| g.into_data().to_vec::<f32>().unwrap())
+                .collect::<Vec<f32>>()
+        };
+        let logits = decoder
+            .forward(batch.input_ids.clone(), &batch.options)
+            .unwrap();
+        let (plain, _) = causal_lm_loss(logits, batch.labels.clone());
+        let want = grads_of(plain, &mut decoder);
+        let (fused, _) = decoder_loss(
+            &decoder,
+            batch.input_ids.clone(),
+            &batch.options,
+            batch.labels.clone(),
+        )
+        .unwrap();
+        let got = grads_of(fused, &mut decoder);
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0, "{model}: the reference gradients are zero");
+        let worst = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst <= 1e-4 * scale,
+            "{model}: adapter gradients differ by {worst} (scale {scale})"
+        );
+    }
+    // A head that trains (full fine-tuning) is not frozen: the plain loss serves it.
+    let inner = load_decoder::<TestBackend>(&llama2_dir(), &Default::default()).unwrap();
+    let full: CausalLm<B> = trainable_lm(inner, &Trainable::All);
+    assert!(full.decoder.frozen_head().is_none());
 }
 
 #[test]

@@ -141,6 +141,14 @@ impl<B: Backend> AdaptedLinear<B> {
         }
     }
 
+    /// The base weight `[d_in, d_out]` when the layer is a plain frozen matmul: no bias, no
+    /// adapter, no gradient.
+    pub fn plain_frozen_weight(&self) -> Option<Tensor<B, 2>> {
+        let weight = self.base.weight.val();
+        (self.adapter.is_none() && self.base.bias.is_none() && !weight.is_require_grad())
+            .then_some(weight)
+    }
+
     /// Input features.
     pub fn d_input(&self) -> usize {
         self.base.weight.shape().dims::<2>()[0]

@@ -416,6 +416,26 @@ impl<B: Backend> Decoder<B> {
         Ok(self.logits(hidden))
     }
 
+    /// The final hidden states `[batch, seq, hidden]` (after the last norm, before the head).
+    pub fn hidden_states(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        options: &ForwardOptions,
+    ) -> Result<Tensor<B, 3>> {
+        self.run(input_ids, options, None, None)
+    }
+
+    /// The output head as a `[vocab, hidden]` matrix (logits are `hidden · Wᵀ`) when it is a
+    /// plain frozen matrix: the tied embedding, or an untied head with no bias, no adapter and
+    /// no gradient. `None` when the head trains or does more than a matmul.
+    pub fn frozen_head(&self) -> Option<Tensor<B, 2>> {
+        let weight = match &self.lm_head {
+            None => self.model.embed_tokens.weight.val(),
+            Some(head) => head.plain_frozen_weight()?.transpose(),
+        };
+        (!weight.is_require_grad()).then_some(weight)
+    }
+
     /// Like [`forward`](Self::forward), reading and extending a KV cache.
     pub fn forward_cached(
         &self,

@@ -8,6 +8,7 @@ use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use burn::train::metric::ItemLazy;
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
+use super::frozen_head_loss::frozen_head_loss;
 use super::StepOutput;
 use crate::data::instruction::{TokenizedExample, IGNORE_INDEX};
 use crate::models::llama::{Decoder, ForwardOptions};
@@ -114,6 +115,23 @@ pub fn causal_lm_loss<B: Backend>(
 
 use burn::tensor::ElementConversion;
 
+/// The decoder's mean next-token loss on a batch, and the labelled-token count: through
+/// [`frozen_head_loss`] when the output head is a frozen matrix (adapters, partial
+/// fine-tuning), else through the full logits ([`causal_lm_loss`]).
+pub fn decoder_loss<B: Backend>(
+    decoder: &Decoder<B>,
+    input_ids: Tensor<B, 2, Int>,
+    options: &ForwardOptions,
+    labels: Tensor<B, 2, Int>,
+) -> Result<(Tensor<B, 1>, usize)> {
+    Ok(match decoder.frozen_head() {
+        Some(weight) => {
+            frozen_head_loss(decoder.hidden_states(input_ids, options)?, weight, labels)
+        }
+        None => causal_lm_loss(decoder.forward(input_ids, options)?, labels),
+    })
+}
+
 /// A decoder trained as a causal language model: the unit burn-train's `TrainStep` and
 /// `InferenceStep` run on.
 #[derive(Module, Debug)]
@@ -155,8 +173,8 @@ impl ItemLazy for LmOutput {
 impl<B: Backend> CausalLm<B> {
     /// The loss tensor (differentiable) and the step's figures.
     pub fn forward_loss(&self, batch: LmBatch<B>) -> Result<(Tensor<B, 1>, LmOutput)> {
-        let logits = self.decoder.forward(batch.input_ids, &batch.options)?;
-        let (loss, tokens) = causal_lm_loss(logits, batch.labels);
+        let (loss, tokens) =
+            decoder_loss(&self.decoder, batch.input_ids, &batch.options, batch.labels)?;
         let value = loss.clone().into_scalar().elem::<f64>();
         Ok((
             loss,
@@ -205,8 +223,7 @@ pub fn validation_loss<B: Backend>(
     let (mut sum, mut tokens) = (0.0, 0usize);
     for chunk in examples.chunks(batch_size.max(1)) {
         let batch = lm_batch::<B>(chunk, pad_id, &device);
-        let logits = model.forward(batch.input_ids, &batch.options)?;
-        let (loss, count) = causal_lm_loss(logits, batch.labels);
+        let (loss, count) = decoder_loss(model, batch.input_ids, &batch.options, batch.labels)?;
         sum += loss.into_scalar().elem::<f64>() * count as f64;
         tokens += count;
     }

@@ -5,6 +5,7 @@
 pub mod causal_lm;
 pub mod checkpoint;
 pub mod fingerprint;
+pub mod frozen_head_loss;
 pub mod grad_norm;
 pub mod learner;
 mod metrics;
@@ -14,10 +15,11 @@ mod siglip_classification;
 pub mod trainer;
 
 pub use causal_lm::{
-    causal_lm_loss, count_trainable, finetune, lm_batch, trainable_lm, validation_loss, CausalLm,
-    LmBatch, LmBatcher, LmOutput, Trainable,
+    causal_lm_loss, count_trainable, decoder_loss, finetune, lm_batch, trainable_lm,
+    validation_loss, CausalLm, LmBatch, LmBatcher, LmOutput, Trainable,
 };
 pub use checkpoint::{latest_checkpoint, StepRecord};
+pub use frozen_head_loss::{frozen_head_loss, frozen_head_loss_in_chunks};
 pub use metrics::StepOutput;
 pub use monitor::{Monitor, RunMetric};
 pub use schedule::WarmupLinearDecay;
