@@ -134,6 +134,63 @@ fn gemma3_multimodal_checkpoint_loads_its_language_model() {
     parity("gemma3_mm");
 }
 
+/// A right-padded batch (one causal mask shared by all rows) gives the logits of the same
+/// batch left-padded with explicit positions (a per-row padding mask, the path checked
+/// against HF above) at every real position, on full and sliding-window layers.
+#[test]
+fn right_padding_matches_left_padding_at_real_positions() {
+    let device = Default::default();
+    let long: Vec<i64> = vec![5, 9, 14, 3, 27, 8, 11];
+    let short: Vec<i64> = vec![7, 21, 4, 16];
+    let (s, pad) = (long.len(), long.len() - short.len());
+    let ids = |rows: Vec<Vec<i64>>| {
+        let flat: Vec<i64> = rows.concat();
+        Tensor::<B, 2, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(flat, [2, s]),
+            &device,
+        )
+    };
+    let right = ids(vec![long.clone(), [short.clone(), vec![0; pad]].concat()]);
+    let left = ids(vec![long.clone(), [vec![0; pad], short.clone()].concat()]);
+    let keep = |padding_first: bool| -> Vec<bool> {
+        let short_row: Vec<bool> = (0..s).map(|i| (i >= pad) == padding_first).collect();
+        [vec![true; s], short_row].concat()
+    };
+    let right_options = ForwardOptions {
+        attention_mask: Some(keep(false)),
+        position_ids: None,
+    };
+    let left_positions: Vec<usize> = (0..s)
+        .chain((0..s).map(|i| i.saturating_sub(pad)))
+        .collect();
+    let left_options = ForwardOptions {
+        attention_mask: Some(keep(true)),
+        position_ids: Some(left_positions),
+    };
+    for name in ["llama2", "gemma3"] {
+        let model = load_decoder::<B>(&model_dir(name), &device).unwrap();
+        let r = model.forward(right.clone(), &right_options).unwrap();
+        let l = model.forward(left.clone(), &left_options).unwrap();
+        let v = r.dims()[2];
+        let (r, l) = (host(r), host(l));
+        assert_close(
+            &r[..s * v],
+            &l[..s * v],
+            1e-5,
+            &format!("{name}: unpadded row"),
+        );
+        for t in 0..short.len() {
+            let (i, j) = ((s + t) * v, (s + pad + t) * v);
+            assert_close(
+                &r[i..i + v],
+                &l[j..j + v],
+                1e-5,
+                &format!("{name}: position {t}"),
+            );
+        }
+    }
+}
+
 fn generation(name: &str) {
     use burn_ipa::models::generate::{generate, GenerationConfig};
     let expected = fixture(&format!("models/{name}/expected.json"));

@@ -290,9 +290,14 @@ impl<B: Backend> Attention<B> {
         let scores = q
             .cast(FloatDType::F32)
             .matmul(k.cast(FloatDType::F32).swap_dims(2, 3))
-            .reshape([b, nh, s, total])
-            * config.attention_scale()
-            + mask.clone();
+            * config.attention_scale();
+        let scores = if mask.dims()[0] == 1 {
+            // One mask for all rows and heads: a shared-row broadcast over `[b·nh, s·total]`.
+            (scores.reshape([b * nh, s * total]) + mask.clone().reshape([1, s * total]))
+                .reshape([b, nh, s, total])
+        } else {
+            scores.reshape([b, nh, s, total]) + mask.clone()
+        };
         let probs = softmax(scores, 3)
             .cast(dtype)
             .reshape([b, nkv, rep * s, total]);
@@ -543,9 +548,19 @@ impl<B: Backend> Decoder<B> {
             })
             .collect();
         let window = c.sliding_window.unwrap_or(usize::MAX);
-        let mut full = Vec::with_capacity(batch * seq * total);
-        let mut sliding = Vec::with_capacity(batch * seq * total);
-        for b in 0..batch {
+        // With no cache and every row's padding at its end (training, fitting, scoring), the
+        // causal mask alone gives every real query the same keys as the padding-aware one (its
+        // keys all precede the padding); only padding queries, whose outputs nothing reads,
+        // see more. One `[1, 1, seq, seq]` mask then serves the whole batch, and adding it to
+        // the scores is a shared-row broadcast, which the CPU backends run as a SIMD loop
+        // where a per-row `[batch, 1, ..]` mask takes their strided path.
+        let right_padded = |row: &[bool]| row.iter().skip_while(|&&k| k).all(|&k| !k);
+        let shared = past == 0 && query_keep.chunks(seq.max(1)).all(right_padded);
+        let rows = if shared { 1 } else { batch };
+        let mut full = Vec::with_capacity(rows * seq * total);
+        let mut sliding = Vec::with_capacity(rows * seq * total);
+        let key_keep = if shared { vec![true; total] } else { key_keep };
+        for b in 0..rows {
             for i in 0..seq {
                 let qi = past + i;
                 for j in 0..total {
@@ -562,8 +577,8 @@ impl<B: Backend> Decoder<B> {
         Ok(StepContext {
             rope_global: RopeTables::new(&cg, &sg, [batch, seq], heads, hd, device),
             rope_local: RopeTables::new(&cl, &sl, [batch, seq], heads, hd, device),
-            mask_full: upload4(full, [batch, 1, seq, total]).cast(FloatDType::F32),
-            mask_sliding: upload4(sliding, [batch, 1, seq, total]).cast(FloatDType::F32),
+            mask_full: upload4(full, [rows, 1, seq, total]).cast(FloatDType::F32),
+            mask_sliding: upload4(sliding, [rows, 1, seq, total]).cast(FloatDType::F32),
             query_keep,
         })
     }
