@@ -245,12 +245,14 @@ impl<B: Backend> Attention<B> {
             config.head_dim,
         );
         // Heads are split as `[batch, seq, heads, head_dim]`, the linears' own layout, so the
-        // norms and rotary embedding run on contiguous data; one swap to `[batch, heads, ..]`
-        // follows.
+        // norms and rotary embedding run on contiguous data (and their backward on contiguous
+        // gradients). The attention matmuls then read them through permuted views: the CPU
+        // backends' matmul takes any strides, while a copy of a permuted 4-D view (and an
+        // elementwise op on one) goes through their slow strided path.
         let split = |t: Tensor<B, 3>, heads: usize| t.reshape([b, s, heads, hd]);
         let mut q = split(self.q_proj.forward(x.clone()), nh);
         let mut k = split(self.k_proj.forward(x.clone()), nkv);
-        let v = split(self.v_proj.forward(x), nkv).swap_dims(1, 2);
+        let v = split(self.v_proj.forward(x), nkv);
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(q);
             k = kn.forward(k);
@@ -259,37 +261,43 @@ impl<B: Backend> Attention<B> {
             LayerKind::Full => (&ctx.rope_global, &ctx.mask_full),
             LayerKind::Sliding => (&ctx.rope_local, &ctx.mask_sliding),
         };
-        let q = apply_rope(q, &rope.cos_q, &rope.sin_q).swap_dims(1, 2);
-        let k = apply_rope(k, &rope.cos_k, &rope.sin_k).swap_dims(1, 2);
+        let q = apply_rope(q, &rope.cos_q, &rope.sin_q);
+        let k = apply_rope(k, &rope.cos_k, &rope.sin_k);
+        let rep = nh / nkv;
+        // Grouped-query attention without repeating K and V: queries as `[b, nkv, rep, s, hd]`,
+        // keys and values as `[b, nkv, 1, total, hd]`, the matmul broadcasting over the `rep`
+        // query heads of a KV head (HF's `repeat_kv` copies K and V `rep` times, and its
+        // backward sums the copies; here the broadcast's backward sums).
+        let q = q.reshape([b, s, nkv, rep, hd]).permute([0, 2, 3, 1, 4]);
+        let kv_view = |t: Tensor<B, 4>| t.reshape([b, s, nkv, 1, hd]).permute([0, 2, 3, 1, 4]);
         let (k, v) = match cache {
             Some(entry) => {
-                let k_all = if entry.0.shape().dims::<4>()[2] == 0 {
-                    k
-                } else {
-                    Tensor::cat(vec![entry.0.clone(), k], 2)
+                // The cache keeps `[b, nkv, total, hd]`, contiguous (`cat` copies).
+                let append = |cached: &Tensor<B, 4>, new: Tensor<B, 4>| {
+                    let new = new.swap_dims(1, 2);
+                    if cached.shape().dims::<4>()[2] == 0 {
+                        new
+                    } else {
+                        Tensor::cat(vec![cached.clone(), new], 2)
+                    }
                 };
-                let v_all = if entry.1.shape().dims::<4>()[2] == 0 {
-                    v
-                } else {
-                    Tensor::cat(vec![entry.1.clone(), v], 2)
-                };
+                let k_all = append(&entry.0, k);
+                let v_all = append(&entry.1, v);
                 *entry = (k_all.clone(), v_all.clone());
-                (k_all, v_all)
+                let total = k_all.shape().dims::<4>()[2];
+                (
+                    k_all.reshape([b, nkv, 1, total, hd]),
+                    v_all.reshape([b, nkv, 1, total, hd]),
+                )
             }
-            None => (k, v),
+            None => (kv_view(k), kv_view(v)),
         };
-        let total = k.shape().dims::<4>()[2];
-        let rep = nh / nkv;
+        let total = k.shape().dims::<5>()[3];
         let dtype = q.dtype();
-        // Grouped-query attention without repeating K and V: the `rep` query heads that share
-        // a KV head are stacked along the sequence axis (`[b, nkv, rep·s, hd]`), so one batched
-        // matmul per KV head serves them all (HF's `repeat_kv` copies K and V `rep` times, and
-        // its backward sums the copies).
-        let q = q.reshape([b, nkv, rep * s, hd]);
         // Scores and softmax in f32, as HF's eager attention does for half types.
         let scores = q
             .cast(FloatDType::F32)
-            .matmul(k.cast(FloatDType::F32).swap_dims(2, 3))
+            .matmul(k.cast(FloatDType::F32).swap_dims(3, 4))
             * config.attention_scale();
         let scores = if mask.dims()[0] == 1 {
             // One mask for all rows and heads: a shared-row broadcast over `[b·nh, s·total]`.
@@ -300,11 +308,11 @@ impl<B: Backend> Attention<B> {
         };
         let probs = softmax(scores, 3)
             .cast(dtype)
-            .reshape([b, nkv, rep * s, total]);
+            .reshape([b, nkv, rep, s, total]);
+        // `[b, nkv, rep, s, hd]` back to the linears' `[b, s, nh·hd]`: the one copy.
         let out = probs
             .matmul(v)
-            .reshape([b, nh, s, hd])
-            .swap_dims(1, 2)
+            .permute([0, 3, 1, 2, 4])
             .reshape([b, s, nh * hd]);
         if let Some(tap) = tap_output {
             tap(
