@@ -574,39 +574,3 @@ fn adapter_files_round_trip_and_refuse_mismatches() {
     assert!(err.to_string().contains("adapter_config.json"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
-
-/// Dropout during training: each element kept with probability 1 − p and scaled by
-/// 1 / (1 − p), overall and within each stretch of 65 536 elements, the same mask again under
-/// the same seed and another under another seed, no stretch repeating the one before.
-#[test]
-fn dropout_keeps_one_minus_p_of_the_elements_and_rescales_them() {
-    type A = Autodiff<SuiteBackend>;
-    let device = Default::default();
-    let (p, block, n) = (0.25, 65_536, 3 * 65_536 + 5);
-    let x = Tensor::<A, 1>::ones([n], &device).require_grad();
-    let draw = |seed: u64| {
-        A::seed(&device, seed);
-        host(burn_ipa::adapter::dropout(x.clone(), p).inner())
-    };
-    let mask = draw(11);
-    assert_eq!(mask, draw(11), "same seed, same mask");
-    assert_ne!(mask, draw(12), "another seed, another mask");
-    let scale = 1.0 / (1.0 - p);
-    assert!(mask.iter().all(|&m| m == 0.0 || (m - scale).abs() < 1e-6));
-    let kept =
-        |values: &[f64]| values.iter().filter(|&&m| m != 0.0).count() as f64 / values.len() as f64;
-    let sd = |len: usize| (p * (1.0 - p) / len as f64).sqrt();
-    assert!(
-        (kept(&mask) - (1.0 - p)).abs() < 5.0 * sd(n),
-        "kept {}",
-        kept(&mask)
-    );
-    for (i, values) in mask.chunks_exact(block).enumerate() {
-        let k = kept(values);
-        assert!(
-            (k - (1.0 - p)).abs() < 5.0 * sd(block),
-            "block {i}: kept {k}"
-        );
-    }
-    assert_ne!(mask[..block], mask[block..2 * block], "stretches draw apart");
-}
