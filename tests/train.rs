@@ -81,6 +81,21 @@ fn causal_lm_loss_is_the_mean_shifted_cross_entropy_over_labelled_tokens() {
     assert!((got - want).abs() < 1e-6, "{got} vs {want}");
 }
 
+/// `got` within `tol` times the largest magnitude of `want` (which must not be all zeros).
+fn assert_close_to_scale(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: size");
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(scale > 0.0, "{what}: the reference is all zeros");
+    let worst = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        worst <= tol * scale,
+        "{what}: differs by {worst} (scale {scale})"
+    );
+}
+
 /// The loss through a frozen head (computed detached, gradient injected) against the plain
 /// autodiff loss on full logits: value and gradient with respect to the final hidden states,
 /// on an untied head (Llama-2 fixture) and a tied one (Qwen-2), with padding, a masked prompt
@@ -130,16 +145,7 @@ fn frozen_head_loss_matches_the_loss_on_full_logits_and_its_gradient() {
             got_grad.into_data().to_vec::<f32>().unwrap(),
             want_grad.into_data().to_vec::<f32>().unwrap(),
         );
-        let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
-        assert!(scale > 0.0, "{model}: the reference gradient is zero");
-        let worst = g
-            .iter()
-            .zip(&w)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(
-            worst <= 1e-5 * scale.max(1.0),
-            "{model}: gradient differs by {worst} (scale {scale})"
-        );
+        assert_close_to_scale(&g, &w, 1e-5, &format!("{model}: gradient of the states"));
         // The whole model's loss goes through it, to the same value.
         let (through, _) = decoder_loss(
             &decoder,
@@ -199,17 +205,7 @@ fn frozen_head_loss_matches_the_loss_on_full_logits_and_its_gradient() {
         )
         .unwrap();
         let got = grads_of(fused, &mut decoder);
-        assert_eq!(got.len(), want.len());
-        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-        assert!(scale > 0.0, "{model}: the reference gradients are zero");
-        let worst = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(
-            worst <= 1e-4 * scale,
-            "{model}: adapter gradients differ by {worst} (scale {scale})"
-        );
+        assert_close_to_scale(&got, &want, 1e-4, &format!("{model}: adapter gradients"));
     }
     // A head that trains (full fine-tuning) is not frozen: the plain loss serves it.
     let inner = load_decoder::<TestBackend>(&llama2_dir(), &Default::default()).unwrap();
