@@ -141,12 +141,9 @@ impl<B: Backend> AdaptedLinear<B> {
         }
     }
 
-    /// The base weight `[d_in, d_out]` when the layer is a plain frozen matmul: no bias, no
-    /// adapter, no gradient.
-    pub fn plain_frozen_weight(&self) -> Option<Tensor<B, 2>> {
-        let weight = self.base.weight.val();
-        (self.adapter.is_none() && self.base.bias.is_none() && !weight.is_require_grad())
-            .then_some(weight)
+    /// The base weight `[d_in, d_out]` when the layer is a plain matmul: no bias, no adapter.
+    pub fn plain_weight(&self) -> Option<Tensor<B, 2>> {
+        (self.adapter.is_none() && self.base.bias.is_none()).then(|| self.base.weight.val())
     }
 
     /// Input features.

@@ -442,11 +442,12 @@ impl<B: Backend> Decoder<B> {
     /// plain frozen matrix: the tied embedding, or an untied head with no bias, no adapter and
     /// no gradient. `None` when the head trains or does more than a matmul.
     pub fn frozen_head(&self) -> Option<Tensor<B, 2>> {
-        let weight = match &self.lm_head {
-            None => self.model.embed_tokens.weight.val(),
-            Some(head) => head.plain_frozen_weight()?.transpose(),
-        };
-        (!weight.is_require_grad()).then_some(weight)
+        // `is_require_grad` speaks of leaves: ask before transposing.
+        let frozen = |w: Tensor<B, 2>| (!w.is_require_grad()).then_some(w);
+        match &self.lm_head {
+            None => frozen(self.model.embed_tokens.weight.val()),
+            Some(head) => frozen(head.plain_weight()?).map(|w| w.transpose()),
+        }
     }
 
     /// Like [`forward`](Self::forward), reading and extending a KV cache.
